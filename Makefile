@@ -1,0 +1,29 @@
+# flowpp: the two commands of the README. Each sets up its own virtual environment on a fresh machine.
+#   make test   install (once) and run every notebook's tests plus the pytest suite
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# Where no NVIDIA GPU answers, install this CPU build of torch (the version the CPU suite runs on) from the
+# CPU wheel index, never the multi-GB CUDA build; with a GPU, any torch the requirements allow.
+TORCH_CPU ?= torch==2.13.0
+TORCH_CPU_INDEX ?= https://download.pytorch.org/whl/cpu
+TORCH_GPU ?= torch>=2.4
+STAMP := $(VENV)/.flowpp-installed
+
+.PHONY: test install
+
+test: $(STAMP)
+	$(BIN)/python tools/run_tests.py
+
+install: $(STAMP)
+
+$(STAMP): setup.py settings.ini
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	if nvidia-smi -L >/dev/null 2>&1; then \
+	  $(BIN)/python -m pip install -q "$(TORCH_GPU)"; \
+	else \
+	  $(BIN)/python -m pip install -q --index-url $(TORCH_CPU_INDEX) "$(TORCH_CPU)"; \
+	fi
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
