@@ -59,6 +59,8 @@ def run_pytest():
 
 def main():
     os.environ.setdefault("MPLBACKEND", "Agg")
+    # notebooks run two at a time on small machines: one thread each avoids oversubscribing the cores
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
     start = time.time()
     nb_passed, nb_failed = run_notebooks(sys.argv[1:])
     py_passed, py_failed = run_pytest()
