@@ -32,4 +32,10 @@ $(STAMP): setup.py settings.ini
 	  $(BIN)/python -m pip install -q --index-url $(TORCH_CPU_INDEX) "$(TORCH_CPU)"; \
 	fi
 	$(BIN)/python -m pip install -q -e ".[dev]"
+	@# the browser test drives Debian's chromium with Playwright (never a browser download); install it where we can
+	@if ! command -v chromium >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null; \
+	  else echo "chromium is not installed and cannot be installed here: the browser test will be skipped"; fi; \
+	fi
 	touch $@

@@ -16,7 +16,8 @@ POSITIVE = ["train_images_per_second", "train_step_ms", "train_warmup_seconds", 
             "train_gflop_per_image_counted", "peak_matmul_tflops", "train_tflops", "fraction_of_peak"]
 # errors: finite and non-negative
 NON_NEGATIVE = ["max_reconstruction_error_logit", "reference_max_reconstruction_error_logit"]
-PORT_FIGURES = ["train_images_per_second", "train_images_per_second_best", "compile_seconds", "peak_memory_gib",
+# every figure of the port's, except its compile time (ours is only measured with --compile)
+PORT_FIGURES = ["train_images_per_second", "train_images_per_second_best", "peak_memory_gib",
                 "eval_images_per_second", "sample_seconds", "max_reconstruction_error_logit", "forward_gflop_per_image"]
 
 
