@@ -210,7 +210,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--no-equivalence", action="store_true", help="skip the equivalence check against the float32 path")
     p.add_argument("--label", default=None, help="a name for this run in the JSON (default: from the options)")
     fast = p.add_argument_group("fast path (flowpp.fast.FastPath)")
-    fast.add_argument("--amp", action="store_true", help="bfloat16 autocast for the conditioner networks")
+    fast.add_argument("--amp", action="store_true", help="bfloat16 autocast for the conditioner networks (log_prob, loss)")
+    fast.add_argument("--amp-inverse", action="store_true",
+                      help="bfloat16 conditioners in encode/decode/sample too (faster sampling; decode(encode(x)) == x is lost)")
     fast.add_argument("--channels-last", action="store_true")
     fast.add_argument("--compile", action="store_true", help="torch.compile")
     fast.add_argument("--compile-scope", default="regional", choices=["regional", "model"])
@@ -234,7 +236,7 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def fast_path_from(args) -> FastPath:
-    return FastPath(amp=args.amp, channels_last=args.channels_last, compile=args.compile,
+    return FastPath(amp=args.amp, amp_inverse=args.amp_inverse, channels_last=args.channels_last, compile=args.compile,
                     compile_scope=args.compile_scope, compile_mode=args.compile_mode,
                     compile_backend=args.compile_backend, compile_budget_s=args.compile_budget_s, tf32=args.tf32,
                     fused_adam=args.fused_adam)
@@ -243,7 +245,7 @@ def fast_path_from(args) -> FastPath:
 def label_of(fast: FastPath) -> str:
     if fast.is_reference:
         return "float32 reference"
-    parts = [n for n, on in (("amp", fast.amp), ("channels_last", fast.channels_last), ("tf32", fast.tf32),
+    parts = [n for n, on in (("amp", fast.amp), ("amp_inverse", fast.amp_inverse), ("channels_last", fast.channels_last), ("tf32", fast.tf32),
                              ("fused_adam", fast.fused_adam)) if on]
     if fast.compile:
         parts.append(f"compile({fast.compile_scope}, {fast.compile_backend}, {fast.compile_mode or 'default'})")

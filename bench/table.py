@@ -8,7 +8,8 @@ def row(path: Path) -> str:
     r = json.loads(path.read_text())
     f, d, c = r["figures"], r["device"], r["config"]
     eq = f.get("equivalence") or {}
-    device = f"{d['name']} ({'CPU, ' + str(d['cpu_threads']) + ' threads' if d['type'] == 'cpu' else 'GPU'})"
+    threads = f"{d['cpu_threads']} thread" + ("s" if d["cpu_threads"] != 1 else "")
+    device = f"{d['name']} ({'CPU, ' + threads if d['type'] == 'cpu' else 'GPU'})"
     memory = f"{f['peak_memory_gib']:.2f} GiB" + (" (process RSS)" if d["type"] == "cpu" else "")
     cells = [r["label"] + (" (CPU smoke)" if c.get("smoke") else ""), device, f"{c['name']}, {c['batch_size']}",
              f"{f['train_images_per_second']:.1f}", memory,
