@@ -61,6 +61,8 @@ def main():
     os.environ.setdefault("MPLBACKEND", "Agg")
     # notebooks run two at a time on small machines: one thread each avoids oversubscribing the cores
     os.environ.setdefault("OMP_NUM_THREADS", "1")
+    if any("slow" in a for a in sys.argv[1:]):  # --flags slow: the slow cells also check this, for JupyterLab's sake
+        os.environ["FLOWPP_RUN_SLOW"] = "1"
     start = time.time()
     nb_passed, nb_failed = run_notebooks(sys.argv[1:])
     py_passed, py_failed = run_pytest()
