@@ -227,6 +227,12 @@ class Squeeze(Flow):
 POINTWISE_INIT_NOISE = 1e-3  # W starts at I + 1e-3 * N(0, 1): close to the identity, but not exactly
 
 
+def _apply_matrix(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    "y[:, i] = sum_j m[i, j] x[:, j] at every position, as elementwise products in x's dtype (never TF32)."
+    # (1, C, C, 1, 1) * (B, 1, C, H, W) -> sum over j -> (B, C, H, W)
+    return (m.to(x.dtype)[None, :, :, None, None] * x[:, None]).sum(2)
+
+
 class InvertibleConv1x1(Flow):
     "y = W x at every position, W an invertible C x C matrix (log-det H W log|det W|, computed in float64)."
 
@@ -240,14 +246,14 @@ class InvertibleConv1x1(Flow):
         return (sign * x.shape[2] * x.shape[3] * logabsdet).to(x.dtype).expand(x.shape[0])
 
     def forward(self, x, cond=None):
-        with torch.autocast(x.device.type, enabled=False):  # flow arithmetic stays in x's precision under AMP
-            # y[:, i] = sum_j W[i, j] x[:, j]
-            return F.conv2d(x, self.weight[:, :, None, None].to(x.dtype)), self._logdet(x, 1)
+        # y = W x
+        return _apply_matrix(self.weight, x), self._logdet(x, 1)
 
     def inverse(self, y, cond=None):
-        with torch.autocast(y.device.type, enabled=False):
-            w_inv = torch.linalg.inv(self.weight.double()).to(y.dtype)
-            return F.conv2d(y, w_inv[:, :, None, None]), self._logdet(y, -1)
+        # x = W^-1 y, with W^-1 from float64 and no host-side singularity check
+        w_inv = torch.linalg.inv_ex(self.weight.double()).inverse
+        return _apply_matrix(w_inv, y), self._logdet(y, -1)
+
 
 # %% ../nbs/03_layers.ipynb #4d135286
 def plot_splits(height: int = 8, width: int = 8):

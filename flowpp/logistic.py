@@ -14,11 +14,11 @@ from torch import Tensor
 from .core import Flow
 
 # %% auto #0
-__all__ = ['RESIDUAL_ULPS', 'MIN_WEIGHT', 'logistic_log_pdf', 'logistic_log_cdf', 'mixture_log_terms', 'mixture_log_pdf',
-           'mixture_log_cdf', 'mixture_log_sf', 'mixture_logit_cdf', 'mixture_logit_cdf_with_logdet', 'sigmoid_logdet',
-           'logit_logdet', 'Sigmoid', 'Logit', 'mixture_inv_bracket', 'solve_mixture_logit_cdf',
-           'mixture_inv_condition', 'mixture_inv_logit_cdf', 'mixture_inv_cdf', 'plot_mixture',
-           'plot_inverse_convergence', 'mixture_explorer_update']
+__all__ = ['RESIDUAL_ULPS', 'FIXED_ITERS', 'INVERSE_METHODS', 'MIN_WEIGHT', 'logistic_log_pdf', 'logistic_log_cdf',
+           'mixture_log_terms', 'mixture_log_pdf', 'mixture_log_cdf', 'mixture_log_sf', 'mixture_logit_cdf',
+           'mixture_logit_cdf_with_logdet', 'sigmoid_logdet', 'logit_logdet', 'Sigmoid', 'Logit', 'mixture_inv_bracket',
+           'solve_mixture_logit_cdf', 'mixture_inv_condition', 'solve_mixture_logit_cdf_fixed', 'mixture_inv_logit_cdf',
+           'mixture_inv_cdf', 'plot_mixture', 'plot_inverse_convergence', 'mixture_explorer_update']
 
 # %% ../nbs/02_logistic.ipynb #14716780
 def _logistic_terms(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -195,6 +195,51 @@ _DEFAULT_TOL = {torch.float64: 1e-12, torch.float32: 1e-6}
 RESIDUAL_ULPS = 4
 
 
+def _solver_setup(y, prior_logits, means, logscales, tol):
+    "Working dtype, tolerance, residual noise floor, and (y, log pi, mu, log s, 1/s) broadcast to one batch shape."
+    K = means.shape[-1]
+    shape = torch.broadcast_shapes(y.shape, prior_logits.shape[:-1], means.shape[:-1], logscales.shape[:-1])
+    # float16/bfloat16 cannot resolve the root to a useful tolerance: solve in float32, return in y's dtype
+    work = torch.float64 if y.dtype == torch.float64 else torch.float32
+    tol = _DEFAULT_TOL[work] if tol is None else tol
+    noise = RESIDUAL_ULPS * torch.finfo(work).eps
+    y_ = y.to(work).expand(shape)  # (...)
+    log_pi = torch.log_softmax(prior_logits.to(work), dim=-1).expand(*shape, K)  # (..., K)
+    mu, log_s = means.to(work).expand(*shape, K), logscales.to(work).expand(*shape, K)  # (..., K)
+    return work, tol, noise, (y_, log_pi, mu, log_s, torch.exp(-log_s))
+
+
+def _newton_start(y, log_pi, mu, log_s):
+    "The bracket [lo, hi] and the start sum_k pi_k x_k, which lies inside it."
+    lo, hi = mixture_inv_bracket(y, mu, log_s)  # (...)
+    # a convex combination of the x_k, hence inside [lo, hi] (the clamp only undoes rounding)
+    x = (log_pi.exp() * (mu + y.unsqueeze(-1) * log_s.exp())).sum(-1).clamp(lo, hi)  # (...)
+    # K = 1 (or all x_k equal, or y = +-inf) solves exactly
+    return torch.where(lo == hi, lo, x), lo, hi
+
+
+def _newton_iteration(x, lo, hi, dx, dx_old, y, log_pi, mu, log_s, inv_s, noise):
+    "One bracketed-Newton iteration: (x_next, lo, hi, dx_next, small_residual); dx, dx_old are the last two steps."
+    z = (x.unsqueeze(-1) - mu) * inv_s  # (..., K)
+    log_cdf_k, log_sf_k, _ = _logistic_terms(z)
+    a, b = log_pi + log_cdf_k, log_pi + log_sf_k  # (..., K)
+    log_cdf, log_sf = torch.logsumexp(a, dim=-1), torch.logsumexp(b, dim=-1)  # (...)
+    # g(x) = log F - log(1 - F) - y, increasing in x
+    gx = log_cdf - log_sf - y
+    # the root is right of x where g < 0, left of it where g > 0
+    lo = torch.where(gx < 0, x, lo)
+    hi = torch.where(gx > 0, x, hi)
+    small_residual = gx.abs() <= noise * (1 + y.abs())
+    half = (hi - lo) / 2
+    # Newton: dx = g / g',  g' = p / (F (1 - F))
+    step = gx * torch.exp(-_log_dlogit_cdf(a, b, log_cdf, log_sf, log_cdf_k, log_sf_k, log_s))
+    x_newton = x - step
+    # accept inside the bracket and when at most half the step before last (NaN/inf steps fail)
+    use_newton = (x_newton >= lo) & (x_newton <= hi) & (2 * step.abs() <= dx_old.abs())
+    x_next = torch.where(use_newton, x_newton, torch.where(small_residual, x, lo + half))
+    return x_next, lo, hi, torch.where(use_newton, step, half), small_residual
+
+
 def solve_mixture_logit_cdf(
     y: Tensor,  # target logit-CDF values, shape (...)
     prior_logits: Tensor,  # shape (..., K), broadcastable against y
@@ -208,31 +253,15 @@ def solve_mixture_logit_cdf(
     "Solve logit F(x) = y without gradients; return x and the iterations each element needed (both broadcast shape)."
     if method not in ("newton", "bisect"):
         raise ValueError(f"method must be 'newton' or 'bisect', got {method!r}")
-    K = means.shape[-1]
-    shape = torch.broadcast_shapes(y.shape, prior_logits.shape[:-1], means.shape[:-1], logscales.shape[:-1])
-    # float16/bfloat16 cannot resolve the root to a useful tolerance: solve in float32, return in y's dtype
-    work = torch.float64 if y.dtype == torch.float64 else torch.float32
-    tol = _DEFAULT_TOL[work] if tol is None else tol
-    noise = RESIDUAL_ULPS * torch.finfo(work).eps
-
-    def flat(t):  # (..., K) -> (N, K), broadcast to the full batch shape
-        return t.to(work).expand(*shape, K).reshape(-1, K)
-
     with torch.no_grad():
-        y_ = y.to(work).expand(shape).reshape(-1)  # (N,)
-        log_pi = flat(torch.log_softmax(prior_logits.to(work), dim=-1))  # (N, K)
-        mu, log_s = flat(means), flat(logscales)  # (N, K)
-        inv_s = torch.exp(-log_s)  # (N, K)
-        lo, hi = mixture_inv_bracket(y_, mu, log_s)  # (N,)
-        if method == "newton":
-            # start at sum_k pi_k x_k, a convex combination of the x_k, hence inside [lo, hi]
-            # (the clamp only undoes rounding: the exact sum is never outside)
-            x = (log_pi.exp() * (mu + y_.unsqueeze(-1) * log_s.exp())).sum(-1).clamp(lo, hi)  # (N,)
-        else:
-            x = (lo + hi) / 2
-        # K = 1 (or all x_k equal, or y = +-inf) solves exactly; NaN targets stay NaN
-        finished = (lo == hi) | y_.isnan()
-        x = torch.where(lo == hi, lo, x)
+        work, tol, noise, (y_, log_pi, mu, log_s, inv_s) = _solver_setup(y, prior_logits, means, logscales, tol)
+        shape, K = y_.shape, mu.shape[-1]
+        # flatten to (N,) and (N, K)
+        y_, log_pi, mu, log_s, inv_s = y_.reshape(-1), *(t.reshape(-1, K) for t in (log_pi, mu, log_s, inv_s))
+        x, lo, hi = _newton_start(y_, log_pi, mu, log_s)
+        if method == "bisect":
+            x = torch.where(lo == hi, lo, (lo + hi) / 2)
+        finished = (lo == hi) | y_.isnan()  # NaN targets stay NaN
         x_out = x.clone()  # (N,) result, written as elements finish
         iters_out = torch.zeros_like(x_out, dtype=torch.long)
         if trace is not None:
@@ -246,29 +275,18 @@ def solve_mixture_logit_cdf(
         for it in range(1, max_iters + 1):
             if idx.numel() == 0:
                 break
-            x, lo, hi = st["x"], st["lo"], st["hi"]
-            z = (x.unsqueeze(-1) - st["mu"]) * st["inv_s"]  # (n, K)
-            log_cdf_k, log_sf_k, _ = _logistic_terms(z)
-            a, b = st["log_pi"] + log_cdf_k, st["log_pi"] + log_sf_k  # (n, K)
-            log_cdf, log_sf = torch.logsumexp(a, dim=-1), torch.logsumexp(b, dim=-1)  # (n,)
-            # g(x) = log F - log(1 - F) - y, increasing in x
-            gx = log_cdf - log_sf - st["y"]
-            # the root is right of x where g < 0, left of it where g > 0
-            lo = torch.where(gx < 0, x, lo)
-            hi = torch.where(gx > 0, x, hi)
-            small_residual = gx.abs() <= noise * (1 + st["y"].abs())
-            half = (hi - lo) / 2
             if method == "newton":
-                # Newton: dx = g / g',  g' = p / (F (1 - F))
-                step = gx * torch.exp(-_log_dlogit_cdf(a, b, log_cdf, log_sf, log_cdf_k, log_sf_k, st["log_s"]))
-                x_newton = x - step
-                # accept inside the bracket and when at most half the step before last (NaN/inf steps fail)
-                use_newton = (x_newton >= lo) & (x_newton <= hi) & (2 * step.abs() <= st["dx_old"].abs())
-                st["dx_old"], st["dx"] = st["dx"], torch.where(use_newton, step, half)
-                x_next = torch.where(use_newton, x_newton, torch.where(small_residual, x, lo + half))
+                x_next, lo, hi, dx, small_residual = _newton_iteration(
+                    st["x"], st["lo"], st["hi"], st["dx"], st["dx_old"], st["y"], st["log_pi"], st["mu"],
+                    st["log_s"], st["inv_s"], noise)
+                st["dx_old"], st["dx"] = st["dx"], dx
             else:
-                st["dx"] = half
-                x_next = torch.where(small_residual, x, lo + half)
+                x, lo, hi = st["x"], st["lo"], st["hi"]
+                gx = mixture_logit_cdf(x, st["log_pi"], st["mu"], st["log_s"]) - st["y"]
+                lo, hi = torch.where(gx < 0, x, lo), torch.where(gx > 0, x, hi)
+                small_residual = gx.abs() <= noise * (1 + st["y"].abs())
+                st["dx"] = (hi - lo) / 2
+                x_next = torch.where(small_residual, x, lo + st["dx"])
             st["x"], st["lo"], st["hi"] = x_next, lo, hi
             scale = tol * (1 + x_next.abs())
             converged = small_residual | (st["dx"].abs() <= scale) | (hi - lo <= scale)
@@ -295,13 +313,54 @@ def mixture_inv_condition(
     # kappa = (1 + |y|) / (g' max(1, |x|)),  g' = exp(log dy/dx)
     return (1 + y.abs()) * torch.exp(-log_dy_dx) / x.abs().clamp(min=1)
 
+# %% ../nbs/02_logistic.ipynb #651e1f91
+# Iterations of the fixed-count solver, per working dtype: at least the most the adaptive solver needs on the
+# round-trip test's hard mixtures (23 in float32, 28 in float64), so the two agree bitwise there.
+FIXED_ITERS = {torch.float32: 24, torch.float64: 32}
+
+
+def solve_mixture_logit_cdf_fixed(
+    y: Tensor,  # target logit-CDF values, shape (...)
+    prior_logits: Tensor,  # shape (..., K), broadcastable against y
+    means: Tensor,  # shape (..., K)
+    logscales: Tensor,  # shape (..., K)
+    iters: int | None = None,  # iterations for every element; None: FIXED_ITERS of the working dtype
+    tol: float | None = None,  # the adaptive solver's stopping rule: 1e-12 (float64), 1e-6 (float32)
+) -> Tensor:
+    "x with logit F(x) = y by `iters` bracketed-Newton iterations on every element: no sync, no data-dependent shape."
+    with torch.no_grad():
+        work, tol, noise, (y_, log_pi, mu, log_s, inv_s) = _solver_setup(y, prior_logits, means, logscales, tol)
+        iters = FIXED_ITERS[work] if iters is None else iters
+        x, lo, hi = _newton_start(y_, log_pi, mu, log_s)  # (...)
+        done = (lo == hi) | y_.isnan()  # solved at the start (K = 1, y = +-inf), or NaN
+        dx = dx_old = hi - lo  # the last two steps; rtsafe starts both at the bracket width
+        for _ in range(iters):
+            x_next, lo, hi, dx_next, small_residual = _newton_iteration(x, lo, hi, dx, dx_old, y_, log_pi, mu,
+                                                                        log_s, inv_s, noise)
+            dx_old, dx = dx, dx_next
+            scale = tol * (1 + x_next.abs())
+            # an element that met the stopping rule keeps its x from then on
+            x = torch.where(done, x, x_next)
+            done = done | small_residual | (dx.abs() <= scale) | (hi - lo <= scale)
+    return x.to(y.dtype)
+
 # %% ../nbs/02_logistic.ipynb #c2d9b889
+INVERSE_METHODS = ("fixed", "newton", "bisect")
+
+
+def _solve(y, prior_logits, means, logscales, method, max_iters, tol):
+    "The root by the fixed-count solver ('fixed', no syncs) or the adaptive one ('newton', 'bisect')."
+    if method == "fixed":
+        return solve_mixture_logit_cdf_fixed(y, prior_logits, means, logscales, max_iters, tol)
+    return solve_mixture_logit_cdf(y, prior_logits, means, logscales, method, max_iters or 100, tol)[0]
+
+
 class _MixtureInvLogitCDF(torch.autograd.Function):
     "x with logit F(x) = y, differentiated implicitly: dx/dy = 1/g'(x), dx/dtheta = -(d logit F/d theta)/g'(x)."
 
     @staticmethod
     def forward(ctx, y, prior_logits, means, logscales, method, max_iters, tol):
-        x, _ = solve_mixture_logit_cdf(y, prior_logits, means, logscales, method, max_iters, tol)
+        x = _solve(y, prior_logits, means, logscales, method, max_iters, tol)
         ctx.save_for_backward(x, prior_logits, means, logscales)
         ctx.y_shape = y.shape
         return x
@@ -332,12 +391,17 @@ def mixture_inv_logit_cdf(
     prior_logits: Tensor,  # shape (..., K), broadcastable against y
     means: Tensor,  # shape (..., K)
     logscales: Tensor,  # shape (..., K)
-    method: str = "newton",  # "newton" (bracketed Newton) or "bisect"
-    max_iters: int = 100,  # iteration cap
+    method: str = "fixed",  # "fixed" (bracketed Newton, FIXED_ITERS iterations, no syncs), "newton" or "bisect" (adaptive)
+    max_iters: int | None = None,  # "fixed": the iteration count (None: FIXED_ITERS); adaptive: the cap (None: 100)
     tol: float | None = None,  # None: 1e-12 in float64, 1e-6 in float32 (relative to 1 + |x|)
 ) -> Tensor:
     "x with logit F(x) = y for the logistic mixture (the Flow++ coupling's inverse); differentiable by implicit differentiation."
-    return _MixtureInvLogitCDF.apply(y, prior_logits, means, logscales, method, max_iters, tol)
+    if method not in INVERSE_METHODS:
+        raise ValueError(f"method must be one of {INVERSE_METHODS}, got {method!r}")
+    if torch.is_grad_enabled() and any(t.requires_grad for t in (y, prior_logits, means, logscales)):
+        return _MixtureInvLogitCDF.apply(y, prior_logits, means, logscales, method, max_iters, tol)
+    # nothing to differentiate (sampling, decoding): the plain solve, which traces into a compiled graph
+    return _solve(y, prior_logits, means, logscales, method, max_iters, tol)
 
 
 def mixture_inv_cdf(
