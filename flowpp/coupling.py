@@ -107,6 +107,25 @@ class CouplingStep(nn.Module):
         self.convs = nn.ModuleList(InvertibleConv1x1(channels) for _ in range(2)) if pointwise else None
         self.coupling = coupling
 
+    def forward(self, a, b, cond=None):
+        "(a, b) -> (a', b', logdet): actnorm and 1x1 conv on both halves, then b' = coupling(b | a, cond)."
+        (a, la), (b, lb) = self.norms[0](a), self.norms[1](b)
+        logdet = la + lb  # (B,)
+        if self.convs is not None:
+            (a, la), (b, lb) = self.convs[0](a), self.convs[1](b)
+            logdet = logdet + la + lb
+        b, lc = self.coupling(b, (a, cond))
+        return a, b, logdet + lc
+
+    def inverse(self, a, b, cond=None):
+        "The inverse of `forward`: (a', b') -> (a, b, logdet of the inverse)."
+        b, logdet = self.coupling.inverse(b, (a, cond))
+        if self.convs is not None:
+            (a, la), (b, lb) = self.convs[0].inverse(a), self.convs[1].inverse(b)
+            logdet = logdet + la + lb
+        (a, la), (b, lb) = self.norms[0].inverse(a), self.norms[1].inverse(b)
+        return a, b, logdet + la + lb
+
 
 class CouplingStage(Flow):
     "split -> steps of (actnorm, 1x1 conv, coupling, swap) -> merge; `cond` is an optional context."
@@ -120,13 +139,8 @@ class CouplingStage(Flow):
         a, b = self.split.split(x)
         logdet = x.new_zeros(x.shape[0])  # (B,)
         for step in self.steps:
-            (a, la), (b, lb) = step.norms[0](a), step.norms[1](b)
-            logdet = logdet + la + lb
-            if step.convs is not None:
-                (a, la), (b, lb) = step.convs[0](a), step.convs[1](b)
-                logdet = logdet + la + lb
-            b, lc = step.coupling(b, (a, cond))
-            logdet = logdet + lc
+            a, b, ld = step(a, b, cond)
+            logdet = logdet + ld
             a, b = b, a  # the next step transforms the other half
         return self.split.merge(a, b), logdet
 
@@ -135,13 +149,8 @@ class CouplingStage(Flow):
         logdet = y.new_zeros(y.shape[0])
         for step in reversed(self.steps):
             a, b = b, a
-            b, lc = step.coupling.inverse(b, (a, cond))
-            logdet = logdet + lc
-            if step.convs is not None:
-                (a, la), (b, lb) = step.convs[0].inverse(a), step.convs[1].inverse(b)
-                logdet = logdet + la + lb
-            (a, la), (b, lb) = step.norms[0].inverse(a), step.norms[1].inverse(b)
-            logdet = logdet + la + lb
+            a, b, ld = step.inverse(a, b, cond)
+            logdet = logdet + ld
         return self.split.merge(a, b), logdet
 
 

@@ -17,7 +17,7 @@ from .core import Flow
 # %% auto #0
 __all__ = ['INPUT_MARGIN', 'DATA_INIT_EPS', 'SPLITS', 'POINTWISE_INIT_NOISE', 'ImageToLogit', 'DataInitModule', 'data_init',
            'is_initialized', 'ActNorm', 'Split', 'StripeSplit', 'CheckerboardSplit', 'ChannelSplit', 'get_split',
-           'Squeeze', 'InvertibleConv1x1', 'plot_splits']
+           'Squeeze', 'logabsdet', 'InvertibleConv1x1', 'plot_splits']
 
 # %% ../nbs/03_layers.ipynb #d0f8ad2b
 INPUT_MARGIN = 0.05  # v/L in [0, 1] is mapped into [0.05, 0.95] so that the logit stays finite at the ends
@@ -223,6 +223,22 @@ class Squeeze(Flow):
         x = y.reshape(B, 2, 2, C4 // 4, Hh, Wh).permute(0, 3, 4, 1, 5, 2).reshape(B, C4 // 4, 2 * Hh, 2 * Wh)
         return x, y.new_zeros(B)
 
+# %% ../nbs/03_layers.ipynb #dfb5dad4
+def logabsdet(weight: torch.Tensor) -> torch.Tensor:
+    "log|det W| of a small square matrix by Gaussian elimination with partial pivoting, in tensor ops only (a scalar)."
+    A, C = weight, weight.shape[-1]
+    rows = torch.arange(C, device=A.device)  # (C,)
+    total = A.new_zeros(())
+    for i in range(C):
+        # pivot: the row k >= i with the largest |A_ki|, swapped into row i
+        k = A[:, i].abs().masked_fill(rows < i, -1.0).argmax()
+        A = A.index_select(0, torch.where(rows == i, k, torch.where(rows == k, i, rows)))
+        # log|det W| = sum_i log|U_ii|
+        total = total + A[i, i].abs().log()
+        # rows below i: A_j <- A_j - (A_ji / A_ii) A_i
+        A = A - ((A[:, i] / A[i, i]) * (rows > i))[:, None] * A[i][None, :]
+    return total
+
 # %% ../nbs/03_layers.ipynb #ba4d156c
 POINTWISE_INIT_NOISE = 1e-3  # W starts at I + 1e-3 * N(0, 1): close to the identity, but not exactly
 
@@ -242,8 +258,7 @@ class InvertibleConv1x1(Flow):
 
     def _logdet(self, x, sign):
         # log|det J| = H W log|det W|
-        logabsdet = torch.linalg.slogdet(self.weight.double())[1]
-        return (sign * x.shape[2] * x.shape[3] * logabsdet).to(x.dtype).expand(x.shape[0])
+        return (sign * x.shape[2] * x.shape[3] * logabsdet(self.weight.double())).to(x.dtype).expand(x.shape[0])
 
     def forward(self, x, cond=None):
         # y = W x
@@ -253,7 +268,6 @@ class InvertibleConv1x1(Flow):
         # x = W^-1 y, with W^-1 from float64 and no host-side singularity check
         w_inv = torch.linalg.inv_ex(self.weight.double()).inverse
         return _apply_matrix(w_inv, y), self._logdet(y, -1)
-
 
 # %% ../nbs/03_layers.ipynb #4d135286
 def plot_splits(height: int = 8, width: int = 8):
