@@ -21,7 +21,7 @@ from .layers import ActNorm, DataInitModule, ImageToLogit, InvertibleConv1x1, Sq
 # %% auto #0
 __all__ = ['CONFIGS', 'FlowPlusPlusConfig', 'get_config', 'FlowPlusPlus', 'parameter_table', 'plot_image_grid']
 
-# %% ../nbs/07_model.ipynb #a2c3fad4
+# %% ../nbs/07_model.ipynb #f9e7443e
 def _latent_shape(image_shape: tuple[int, int, int],  # (C, H, W)
                   stages: tuple[str, ...]) -> tuple[int, int, int]:  # the main flow's stage specs
     "The shape the stages map an image to; a clear error names the first stage that cannot apply."
@@ -81,7 +81,7 @@ class FlowPlusPlusConfig:
     def num_dims(self) -> int:
         return math.prod(self.image_shape)
 
-# %% ../nbs/07_model.ipynb #3ad0079b
+# %% ../nbs/07_model.ipynb #21415020
 CONFIGS: dict[str, FlowPlusPlusConfig] = {
     # the official CIFAR-10 model, 31,443,440 parameters
     "cifar10": FlowPlusPlusConfig(),
@@ -113,7 +113,7 @@ CONFIGS: dict[str, FlowPlusPlusConfig] = {
         dequant_filters=16, dequant_blocks=1, context_channels=16, context_blocks=2),
 }
 
-# %% ../nbs/07_model.ipynb #deb39fd4
+# %% ../nbs/07_model.ipynb #95627e8e
 def get_config(name_or_config: str | FlowPlusPlusConfig, **overrides) -> FlowPlusPlusConfig:
     "A config by name (see CONFIGS) or as given, with fields replaced by `overrides`."
     if isinstance(name_or_config, FlowPlusPlusConfig):
@@ -131,7 +131,7 @@ def get_config(name_or_config: str | FlowPlusPlusConfig, **overrides) -> FlowPlu
                     {k: v for k, v in overrides.items() if k not in ("image_shape", "stages", "dequant_stages")}
     return replace(config, **overrides)
 
-# %% ../nbs/07_model.ipynb #c5e514d8
+# %% ../nbs/07_model.ipynb #d6870006
 def _check_images(x, config: FlowPlusPlusConfig, what: str = "images") -> None:
     "Raise a clear error unless x is an integer tensor (B, C, H, W) with the config's shape and values in [0, L)."
     if not isinstance(x, torch.Tensor):
@@ -146,7 +146,7 @@ def _check_images(x, config: FlowPlusPlusConfig, what: str = "images") -> None:
         raise ValueError(f"{what} must have values in [0, {config.num_levels - 1}] (num_levels={config.num_levels}), "
                          f"got min {int(x.min())}, max {int(x.max())}")
 
-# %% ../nbs/07_model.ipynb #d2492618
+# %% ../nbs/07_model.ipynb #6e981855
 def _conditioner_options(config: FlowPlusPlusConfig) -> dict:
     "The options every conditioner network of a model shares."
     return dict(heads=config.heads, dropout=config.dropout, head_concat_elu=config.head_concat_elu,
@@ -219,7 +219,7 @@ def _method_of(cls: type):
         return f
     return add
 
-# %% ../nbs/07_model.ipynb #d112dbca
+# %% ../nbs/07_model.ipynb #7134e7d1
 @_method_of(FlowPlusPlus)
 def log_density(self: FlowPlusPlus, v: torch.Tensor) -> torch.Tensor:
     "log p(v) of dequantized images v = x + u, in nats: (B,)."
@@ -263,7 +263,7 @@ def bits_per_dim(self: FlowPlusPlus, x: torch.Tensor, num_samples: int = 1) -> t
     "-log P(x) / (D ln 2) per image, (B,)."
     return nats_to_bpd(-self.log_prob(x, num_samples), self.config.num_dims)
 
-# %% ../nbs/07_model.ipynb #5ad56459
+# %% ../nbs/07_model.ipynb #b278a60c
 @_method_of(FlowPlusPlus)
 @contextlib.contextmanager
 def _eval_mode(self: FlowPlusPlus):
@@ -300,7 +300,7 @@ def decode(self: FlowPlusPlus, z: torch.Tensor) -> torch.Tensor:
     x = torch.floor(v).clamp(0, self.config.num_levels - 1)
     return x.to(torch.uint8 if self.config.num_levels <= 256 else torch.int64)
 
-# %% ../nbs/07_model.ipynb #47c68430
+# %% ../nbs/07_model.ipynb #6070aed0
 @_method_of(FlowPlusPlus)
 @torch.no_grad()
 def sample(self: FlowPlusPlus, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -311,7 +311,7 @@ def sample(self: FlowPlusPlus, n: int, temperature: float = 1.0, generator: torc
                     device=generator.device if generator is not None else device)
     return self.decode(z.to(device) * temperature)
 
-# %% ../nbs/07_model.ipynb #327764d5
+# %% ../nbs/07_model.ipynb #eedc2780
 @_method_of(FlowPlusPlus)
 @torch.no_grad()
 def initialize(self: FlowPlusPlus, x: torch.Tensor) -> FlowPlusPlus:
