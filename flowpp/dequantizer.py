@@ -54,7 +54,7 @@ class ContextNet(nn.Module):
                 h = self.norms2[i](self.attns[i](h, self.pos_emb))
         return h
 
-
+# %% ../nbs/06_dequantizer.ipynb #2ca2ce89
 class VariationalDequantizer(nn.Module):
     "u = sigmoid(g(eps; x)), eps ~ N(0, I), g a stack of coupling stages conditioned on ContextNet(x)."
 
@@ -95,7 +95,7 @@ class VariationalDequantizer(nn.Module):
             log_q = log_q + logdet
         return log_q + standard_normal_logprob(h)
 
-
+# %% ../nbs/06_dequantizer.ipynb #925d11a6
 def variational_dequantizer(image_shape: tuple[int, int, int],  # (C, H, W)
                             num_levels: int = 256,
                             stages: tuple[str, ...] = ("stripes:4",),  # "split:steps" per stage
@@ -129,17 +129,19 @@ def parse_stage(spec: str) -> tuple[str, int]:
     return name, int(steps)
 
 # %% ../nbs/06_dequantizer.ipynb #9413b940
-def plot_dequantization_noise(dequantizer: nn.Module, x: torch.Tensor, samples: int = 2000, seed: int = 0):
-    "Histograms of u for the first pixel of image x (1, C, H, W), drawn `samples` times, against uniform."
+def plot_dequantization_noise(dequantizer: nn.Module, x: torch.Tensor, samples: int = 2000, seed: int = 0,
+                              pixels: tuple[tuple[int, int, int], ...] = ((0, 0, 0),)):  # (c, h, w) of each panel
+    "Histograms of u at the given pixels of one image x (1, C, H, W), drawn `samples` times, against uniform noise."
     import matplotlib.pyplot as plt
     g = torch.Generator(device=x.device).manual_seed(seed)
     with torch.no_grad():
-        u, _ = dequantizer(x.expand(samples, *x.shape[1:]).contiguous(), generator=g)
-    u0 = u[:, 0, 0, 0].cpu()
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.hist(u0.numpy(), bins=40, range=(0, 1), density=True, alpha=0.6, label="variational q(u|x)")
-    ax.axhline(1.0, color="k", ls="--", label="uniform")
-    ax.set_xlabel("u (first pixel)"); ax.set_ylabel("density"); ax.legend(fontsize=8)
-    ax.set_title(f"dequantization noise for pixel value {int(x[0, 0, 0, 0])}", fontsize=10)
+        u, _ = dequantizer(x.expand(samples, *x.shape[1:]).contiguous(), generator=g)  # (samples, C, H, W)
+    u = torch.stack([u[:, c, h, w] for c, h, w in pixels], 1).cpu()  # (samples, P)
+    fig, axes = plt.subplots(1, len(pixels), figsize=(2.6 * len(pixels), 2.6), sharey=True, squeeze=False)
+    for ax, (c, h, w), u_p in zip(axes[0], pixels, u.T):
+        ax.hist(u_p.numpy(), bins=40, range=(0, 1), density=True, alpha=0.6, label="learned q(u|x)")
+        ax.axhline(1.0, color="k", ls="--", label="uniform")
+        ax.set_xlabel("u"); ax.set_title(f"pixel ({h}, {w}) = {int(x[0, c, h, w])}, std {u_p.std():.2f}", fontsize=9)
+    axes[0, 0].set_ylabel("density"); axes[0, 0].legend(fontsize=7)
     fig.tight_layout()
-    return fig, u0
+    return fig, u

@@ -16,10 +16,27 @@ from .core import Flow, SequentialFlow, nats_to_bpd, standard_normal_logprob
 from .coupling import CouplingStage, coupling_stage
 from .dequantization import UniformDequantizer, log_importance_weights, log_mean_exp
 from .dequantizer import VariationalDequantizer, parse_stage, variational_dequantizer
-from .layers import ActNorm, ImageToLogit, InvertibleConv1x1, Squeeze, data_init, get_split
+from .layers import ActNorm, DataInitModule, ImageToLogit, InvertibleConv1x1, Squeeze, data_init, get_split
 
 # %% auto #0
 __all__ = ['CONFIGS', 'FlowPlusPlusConfig', 'get_config', 'FlowPlusPlus', 'parameter_table', 'plot_image_grid']
+
+# %% ../nbs/07_model.ipynb #f9e7443e
+def _latent_shape(image_shape: tuple[int, int, int],  # (C, H, W)
+                  stages: tuple[str, ...]) -> tuple[int, int, int]:  # the main flow's stage specs
+    "The shape the stages map an image to; a clear error names the first stage that cannot apply."
+    shape = tuple(image_shape)
+    for spec in stages:
+        op, _ = parse_stage(spec)
+        C, H, W = shape
+        if op == "squeeze":
+            if H % 2 or W % 2:
+                raise ValueError(f"stage 'squeeze' needs even height and width, got {(H, W)} ({stages})")
+            # squeeze: (C, H, W) -> (4C, H/2, W/2)
+            shape = (4 * C, H // 2, W // 2)
+        elif (op == "channels" and C % 2) or (op != "channels" and W % 2):
+            raise ValueError(f"stage {spec!r} cannot split a {shape} tensor in two equal halves")
+    return shape
 
 # %% ../nbs/07_model.ipynb #eb17bb99
 @dataclass(frozen=True)
@@ -50,7 +67,6 @@ class FlowPlusPlusConfig:
     context_attention: bool = False
 
     def __post_init__(self):
-        C, H, W = self.image_shape
         if min(self.image_shape) < 1:
             raise ValueError(f"image_shape must be positive (C, H, W), got {self.image_shape}")
         if self.num_levels < 2:
@@ -59,21 +75,13 @@ class FlowPlusPlusConfig:
                               ("mixer", ("attention", "pointwise", "none")), ("dequant_mixer", ("attention", "pointwise", "none"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
-        shape = (C, H, W)
-        for spec in self.stages:  # walk the shapes so a bad config fails here, not deep inside a layer
-            op, _ = parse_stage(spec)
-            if op == "squeeze":
-                if shape[1] % 2 or shape[2] % 2:
-                    raise ValueError(f"stage 'squeeze' needs even height and width, got {shape[1:]} ({self.stages})")
-                shape = (4 * shape[0], shape[1] // 2, shape[2] // 2)
-            elif (op == "channels" and shape[0] % 2) or (op != "channels" and shape[2] % 2):
-                raise ValueError(f"stage {spec!r} cannot split a {shape} tensor in two equal halves")
+        _latent_shape(self.image_shape, self.stages)  # a bad stage list fails here, not deep inside a layer
 
     @property
     def num_dims(self) -> int:
         return math.prod(self.image_shape)
 
-
+# %% ../nbs/07_model.ipynb #21415020
 CONFIGS: dict[str, FlowPlusPlusConfig] = {
     # the official CIFAR-10 model, 31,443,440 parameters
     "cifar10": FlowPlusPlusConfig(),
@@ -105,7 +113,7 @@ CONFIGS: dict[str, FlowPlusPlusConfig] = {
         dequant_filters=16, dequant_blocks=1, context_channels=16, context_blocks=2),
 }
 
-
+# %% ../nbs/07_model.ipynb #95627e8e
 def get_config(name_or_config: str | FlowPlusPlusConfig, **overrides) -> FlowPlusPlusConfig:
     "A config by name (see CONFIGS) or as given, with fields replaced by `overrides`."
     if isinstance(name_or_config, FlowPlusPlusConfig):
@@ -123,7 +131,7 @@ def get_config(name_or_config: str | FlowPlusPlusConfig, **overrides) -> FlowPlu
                     {k: v for k, v in overrides.items() if k not in ("image_shape", "stages", "dequant_stages")}
     return replace(config, **overrides)
 
-# %% ../nbs/07_model.ipynb #639f41e9
+# %% ../nbs/07_model.ipynb #d6870006
 def _check_images(x, config: FlowPlusPlusConfig, what: str = "images") -> None:
     "Raise a clear error unless x is an integer tensor (B, C, H, W) with the config's shape and values in [0, L)."
     if not isinstance(x, torch.Tensor):
@@ -138,38 +146,54 @@ def _check_images(x, config: FlowPlusPlusConfig, what: str = "images") -> None:
         raise ValueError(f"{what} must have values in [0, {config.num_levels - 1}] (num_levels={config.num_levels}), "
                          f"got min {int(x.min())}, max {int(x.max())}")
 
+# %% ../nbs/07_model.ipynb #6e981855
+def _conditioner_options(config: FlowPlusPlusConfig) -> dict:
+    "The options every conditioner network of a model shares."
+    return dict(heads=config.heads, dropout=config.dropout, head_concat_elu=config.head_concat_elu,
+                weight_norm=config.weight_norm)
 
+
+def _main_flow(config: FlowPlusPlusConfig) -> tuple[SequentialFlow, tuple[int, int, int]]:
+    "The input map, then the stages in order (v = x + u -> logits -> z); and the latent's shape."
+    flows: list[Flow] = [ImageToLogit(config.num_levels)]
+    shape = config.image_shape  # (C, H, W)
+    for spec in config.stages:
+        op, steps = parse_stage(spec)
+        if op == "squeeze":
+            flows.append(Squeeze())
+            shape = (4 * shape[0], shape[1] // 2, shape[2] // 2)
+        else:
+            flows.append(coupling_stage(get_split(op), steps, *shape, kind=config.coupling,
+                                        components=config.components, pointwise=config.pointwise,
+                                        filters=config.filters, blocks=config.blocks, mixer=config.mixer,
+                                        **_conditioner_options(config)))
+    return SequentialFlow(*flows), shape
+
+
+def _dequantizer(config: FlowPlusPlusConfig) -> nn.Module:
+    "q(u|x): uniform noise (the ablation) or Flow++'s variational dequantizer."
+    if config.dequantizer == "uniform":
+        return UniformDequantizer()
+    return variational_dequantizer(
+        config.image_shape, config.num_levels, config.dequant_stages, config.context_channels,
+        config.context_blocks, config.context_layer_norm, config.context_attention,
+        kind=config.coupling, components=config.components, pointwise=config.pointwise,
+        filters=config.dequant_filters, blocks=config.dequant_blocks, mixer=config.dequant_mixer,
+        unused_pos_emb=config.dequant_unused_pos_emb, **_conditioner_options(config))
+
+# %% ../nbs/07_model.ipynb #639f41e9
 class FlowPlusPlus(nn.Module):
     "Flow++: a dequantizer and a flow of coupling stages, with likelihood, encoding, decoding and sampling."
 
     def __init__(self, config: FlowPlusPlusConfig | None = None):
         super().__init__()
         self.config = config = config or FlowPlusPlusConfig()
-        conditioner = dict(heads=config.heads, dropout=config.dropout, head_concat_elu=config.head_concat_elu,
-                           weight_norm=config.weight_norm)
-        flows: list[Flow] = [ImageToLogit(config.num_levels)]
-        shape = config.image_shape
-        for spec in config.stages:
-            op, steps = parse_stage(spec)
-            if op == "squeeze":
-                flows.append(Squeeze())
-                shape = (4 * shape[0], shape[1] // 2, shape[2] // 2)
-            else:
-                flows.append(coupling_stage(get_split(op), steps, *shape, kind=config.coupling,
-                                            components=config.components, pointwise=config.pointwise,
-                                            filters=config.filters, blocks=config.blocks, mixer=config.mixer,
-                                            **conditioner))
-        self.flow = SequentialFlow(*flows)
-        self.latent_shape = shape
-        if config.dequantizer == "uniform":
-            self.dequantizer = UniformDequantizer()
-        else:
-            self.dequantizer = variational_dequantizer(
-                config.image_shape, config.num_levels, config.dequant_stages, config.context_channels,
-                config.context_blocks, config.context_layer_norm, config.context_attention,
-                kind=config.coupling, components=config.components, pointwise=config.pointwise,
-                filters=config.dequant_filters, blocks=config.dequant_blocks, mixer=config.dequant_mixer,
-                unused_pos_emb=config.dequant_unused_pos_emb, **conditioner)
+        self.flow, self.latent_shape = _main_flow(config)  # x + u -> z: (B, C, H, W) -> (B, *latent_shape)
+        self.dequantizer = _dequantizer(config)  # x -> (u, log q(u|x))
+        # usable once initialised from data or loaded from trained weights: a plain Python flag, so that no call
+        # reads a tensor; `initialize` sets it, and so does every load_state_dict, from the loaded buffers
+        self.initialized = not any(isinstance(m, DataInitModule) for m in self.modules())
+        self.register_load_state_dict_post_hook(_sync_initialized)
 
     @classmethod
     def from_config(cls, name_or_config: str | FlowPlusPlusConfig = "cifar10", **overrides) -> "FlowPlusPlus":
@@ -181,82 +205,146 @@ class FlowPlusPlus(nn.Module):
         return next(self.parameters()).dtype
 
     def _prepare(self, x: torch.Tensor, check: bool = True) -> torch.Tensor:
+        "Integer images, checked unless check=False, as floats in the parameters' dtype and on their device."
         if check:
             _check_images(x, self.config)
         return x.to(device=next(self.parameters()).device, dtype=self.dtype)
 
-    def log_density(self, v: torch.Tensor) -> torch.Tensor:
-        "log p(v) of dequantized images v = x + u, in nats: (B,)."
-        z, logdet = self.flow(v)  # z: (B, *latent_shape)
-        # log p(v) = log N(f(v); 0, I) + log|det df/dv|
-        return standard_normal_logprob(z) + logdet
 
-    def log_prob(self, x: torch.Tensor, num_samples: int = 1,
-                 check: bool = True,  # validate x (costs a host sync; the trainer's data is pre-checked)
-                 noise: torch.Tensor | None = None) -> torch.Tensor:  # the dequantizer's noise for one sample
-        "log P(x) in nats per image, (B,): one dequantization sample, or the importance-weighted estimate in float64."
-        if num_samples < 1:
-            raise ValueError(f"num_samples must be at least 1, got {num_samples}")
-        if noise is not None and num_samples != 1:
-            raise ValueError("noise fixes one dequantization draw; it cannot be combined with num_samples > 1")
-        xf = self._prepare(x, check)
-        sample_q = self.dequantizer if noise is None else (lambda xs: self.dequantizer(xs, noise.to(xs)))
-        # log w_s = log p(x + u_s) - log q(u_s | x), u_s ~ q(.|x): (S, B), one draw of the whole batch at a time
-        log_w = log_importance_weights(self.log_density, xf, sample_q, num_samples, chunk_size=1)
-        # log P(x) ~ log (1/S) sum_s w_s
-        return log_w[0] if num_samples == 1 else log_mean_exp(log_w.double(), dim=0)
+def _method_of(cls: type):
+    "Decorator: add the function to `cls` as a method of the same name (a class continued in a later cell)."
+    def add(f):
+        f.__qualname__ = f"{cls.__name__}.{f.__name__}"
+        setattr(cls, f.__name__, f)
+        return f
+    return add
 
-    def forward(self, x: torch.Tensor, noise: torch.Tensor | None = None, check: bool = True) -> torch.Tensor:
-        "log P(x) in nats per image (one dequantization sample, optionally with given noise)."
-        return self.log_prob(x, check=check, noise=noise)
+# %% ../nbs/07_model.ipynb #7134e7d1
+@_method_of(FlowPlusPlus)
+def log_density(self: FlowPlusPlus, v: torch.Tensor) -> torch.Tensor:
+    "log p(v) of dequantized images v = x + u, in nats: (B,)."
+    z, logdet = self.flow(v)  # z: (B, *latent_shape)
+    # log p(v) = log N(f(v); 0, I) + log|det df/dv|
+    return standard_normal_logprob(z) + logdet
 
-    def bits_per_dim(self, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
-        "-log P(x) / (D ln 2) per image, (B,)."
-        return nats_to_bpd(-self.log_prob(x, num_samples), self.config.num_dims)
 
-    @contextlib.contextmanager
-    def _eval_mode(self):
-        "Dropout off for a deterministic map (encode, decode, sample); the previous mode is restored after."
-        was_training = self.training
-        self.eval()
-        try:
-            yield
-        finally:
-            self.train(was_training)
+@_method_of(FlowPlusPlus)
+def log_prob(self: FlowPlusPlus, x: torch.Tensor, num_samples: int = 1,
+             check: bool = True,  # validate x (costs a host sync; the trainer's data is pre-checked)
+             noise: torch.Tensor | None = None) -> torch.Tensor:  # the dequantizer's noise for one sample
+    "log P(x) in nats per image, (B,): one dequantization sample, or the importance-weighted estimate in float64."
+    if num_samples < 1:
+        raise ValueError(f"num_samples must be at least 1, got {num_samples}")
+    if noise is not None and num_samples != 1:
+        raise ValueError("noise fixes one dequantization draw; it cannot be combined with num_samples > 1")
+    xf = self._prepare(x, check)
+    self._require_initialized("likelihoods")
+    return self._log_prob(xf, num_samples, noise)
 
-    @torch.no_grad()
-    def encode(self, x: torch.Tensor) -> torch.Tensor:
-        "The latent z = f(x + u) of images, with u the dequantizer's median (deterministic): (B, *latent_shape)."
-        xf = self._prepare(x)
-        with self._eval_mode():
-            u, _ = self.dequantizer(xf, self.dequantizer.median_noise(xf))
-            return self.flow(xf + u)[0]
 
-    @torch.no_grad()
-    def decode(self, z: torch.Tensor) -> torch.Tensor:
-        "Images from latents: floor(f^-1(z)), clamped to [0, L-1]; uint8 when L <= 256."
-        if tuple(z.shape[1:]) != tuple(self.latent_shape):
-            raise ValueError(f"latents must be shaped (B, {', '.join(map(str, self.latent_shape))}), got {tuple(z.shape)}")
-        with self._eval_mode():
-            v, _ = self.flow.inverse(z.to(device=next(self.parameters()).device, dtype=self.dtype))
-        # x = floor(x + u), u in (0, 1)
-        x = torch.floor(v).clamp(0, self.config.num_levels - 1)
-        return x.to(torch.uint8 if self.config.num_levels <= 256 else torch.int64)
+@_method_of(FlowPlusPlus)
+def _log_prob(self: FlowPlusPlus, xf: torch.Tensor, num_samples: int = 1, noise: torch.Tensor | None = None):
+    "`log_prob` of float images already checked and on the model's device (no initialisation check)."
+    sample_q = self.dequantizer if noise is None else (lambda xs: self.dequantizer(xs, noise.to(xs)))
+    # log w_s = log p(x + u_s) - log q(u_s | x), u_s ~ q(.|x): (S, B), one draw of the whole batch at a time
+    log_w = log_importance_weights(self.log_density, xf, sample_q, num_samples, chunk_size=1)
+    # log P(x) ~ log (1/S) sum_s w_s
+    return log_w[0] if num_samples == 1 else log_mean_exp(log_w.double(), dim=0)
 
-    @torch.no_grad()
-    def sample(self, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
-        "n images decoded from z ~ N(0, temperature^2 I); `generator` may live on any device."
-        device = next(self.parameters()).device
-        z = torch.randn(n, *self.latent_shape, generator=generator, dtype=self.dtype,
-                        device=generator.device if generator is not None else device)
-        return self.decode(z.to(device) * temperature)
 
-    @torch.no_grad()
-    def initialize(self, x: torch.Tensor) -> "FlowPlusPlus":
-        "Data-dependent initialisation of every actnorm and convolution from the batch x (uint8 images)."
-        with data_init(self):
-            self.log_prob(x)
-        return self
+@_method_of(FlowPlusPlus)
+def forward(self: FlowPlusPlus, x: torch.Tensor, noise: torch.Tensor | None = None, check: bool = True) -> torch.Tensor:
+    "log P(x) in nats per image (one dequantization sample, optionally with given noise)."
+    return self.log_prob(x, check=check, noise=noise)
+
+
+@_method_of(FlowPlusPlus)
+def bits_per_dim(self: FlowPlusPlus, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
+    "-log P(x) / (D ln 2) per image, (B,)."
+    return nats_to_bpd(-self.log_prob(x, num_samples), self.config.num_dims)
+
+# %% ../nbs/07_model.ipynb #b278a60c
+@_method_of(FlowPlusPlus)
+@contextlib.contextmanager
+def _eval_mode(self: FlowPlusPlus):
+    "Dropout off for a deterministic map (encode, decode, sample); the previous mode is restored after."
+    was_training = self.training
+    self.eval()
+    try:
+        yield
+    finally:
+        self.train(was_training)
+
+
+@_method_of(FlowPlusPlus)
+@torch.no_grad()
+def encode(self: FlowPlusPlus, x: torch.Tensor) -> torch.Tensor:
+    "The latent z = f(x + u) of images, with u the dequantizer's median (deterministic): (B, *latent_shape)."
+    xf = self._prepare(x)
+    self._require_initialized("latents")
+    with self._eval_mode():
+        u, _ = self.dequantizer(xf, self.dequantizer.median_noise(xf))
+        return self.flow(xf + u)[0]
+
+
+@_method_of(FlowPlusPlus)
+@torch.no_grad()
+def decode(self: FlowPlusPlus, z: torch.Tensor) -> torch.Tensor:
+    "Images from latents: floor(f^-1(z)), clamped to [0, L-1]; uint8 when L <= 256."
+    if tuple(z.shape[1:]) != tuple(self.latent_shape):
+        raise ValueError(f"latents must be shaped (B, {', '.join(map(str, self.latent_shape))}), got {tuple(z.shape)}")
+    self._require_initialized("images")
+    with self._eval_mode():
+        v, _ = self.flow.inverse(z.to(device=next(self.parameters()).device, dtype=self.dtype))
+    # x = floor(x + u), u in (0, 1)
+    x = torch.floor(v).clamp(0, self.config.num_levels - 1)
+    return x.to(torch.uint8 if self.config.num_levels <= 256 else torch.int64)
+
+# %% ../nbs/07_model.ipynb #6070aed0
+@_method_of(FlowPlusPlus)
+@torch.no_grad()
+def sample(self: FlowPlusPlus, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
+    "n images decoded from z ~ N(0, temperature^2 I); `generator` may live on any device."
+    self._require_initialized("samples")
+    device = next(self.parameters()).device
+    z = torch.randn(n, *self.latent_shape, generator=generator, dtype=self.dtype,
+                    device=generator.device if generator is not None else device)
+    return self.decode(z.to(device) * temperature)
+
+# %% ../nbs/07_model.ipynb #eedc2780
+@_method_of(FlowPlusPlus)
+@torch.no_grad()
+def initialize(self: FlowPlusPlus, x: torch.Tensor) -> FlowPlusPlus:
+    "Data-dependent initialisation of every actnorm and convolution from the batch x (uint8 images)."
+    xf = self._prepare(x)
+    with data_init(self):
+        self._log_prob(xf)
+    self.initialized = _all_initialized(self)  # True unless a layer was not reached (read once, here)
+    return self
+
+
+@_method_of(FlowPlusPlus)
+def _require_initialized(self: FlowPlusPlus, what: str) -> None:
+    "Raise a clear error, naming both ways out, unless the model was initialised or loaded (reads no tensor)."
+    if not self.initialized:
+        raise RuntimeError(
+            f"this FlowPlusPlus was neither initialised from data nor loaded from trained weights, so its {what} "
+            "would be meaningless (its actnorm and convolution parameters are still placeholders). Call "
+            "model.initialize(x) with a batch of training images (uint8, (B, C, H, W); the official models use 128), "
+            "or load trained weights with flowpp.train.load_model(path) or model.load_state_dict(state_dict).")
+
+
+def _all_initialized(module: nn.Module) -> bool:
+    "Whether every data-initialised layer's `initialized` buffer is True: one host read for all of them."
+    flags = [m.initialized for m in module.modules() if isinstance(m, DataInitModule)]
+    if any(f.is_meta for f in flags):  # built on the meta device: no values yet
+        return False
+    return bool(torch.stack(flags).all()) if flags else True
+
+
+def _sync_initialized(model: FlowPlusPlus, incompatible_keys) -> None:
+    "load_state_dict post-hook: the model is usable exactly when every loaded `initialized` flag is True."
+    model.initialized = _all_initialized(model)
 
 # %% ../nbs/07_model.ipynb #d8e549c8
 def parameter_table(model: FlowPlusPlus) -> list[tuple[str, int]]:
