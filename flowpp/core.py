@@ -13,7 +13,7 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['LOG_2PI', 'Flow', 'SequentialFlow', 'ElementwiseAffine', 'check_flow', 'nats_to_bpd', 'bpd_to_nats',
-           'standard_normal_logprob', 'save_figure', 'plot_change_of_variables']
+           'standard_normal_logprob', 'method_of', 'save_figure', 'plot_change_of_variables']
 
 # %% ../nbs/00_core.ipynb #d7c3f1d0
 class Flow(nn.Module):
@@ -148,6 +148,15 @@ def standard_normal_logprob(z: torch.Tensor) -> torch.Tensor:
     "log N(z; 0, I) summed over all but the batch dim: (B, ...) -> (B,)."
     # log N(z) = -1/2 |z|^2 - D/2 log(2 pi)
     return (-0.5 * z ** 2 - 0.5 * LOG_2PI).flatten(1).sum(1)
+
+# %% ../nbs/00_core.ipynb #8cb15dec
+def method_of(cls: type):
+    "Decorator: add the function to `cls` as a method of the same name (a class continued in a later cell)."
+    def add(f):
+        f.__qualname__ = f"{cls.__name__}.{f.__name__}"
+        setattr(cls, f.__name__, f)
+        return f
+    return add
 
 # %% ../nbs/00_core.ipynb #ac3e65b7
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:

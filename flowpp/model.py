@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import torch
 from torch import nn
 
-from .core import Flow, SequentialFlow, nats_to_bpd, standard_normal_logprob
+from .core import Flow, method_of, SequentialFlow, nats_to_bpd, standard_normal_logprob
 from .coupling import CouplingStage, coupling_stage
 from .dequantization import UniformDequantizer, log_importance_weights, log_mean_exp
 from .dequantizer import VariationalDequantizer, parse_stage, variational_dequantizer
@@ -210,17 +210,8 @@ class FlowPlusPlus(nn.Module):
             _check_images(x, self.config)
         return x.to(device=next(self.parameters()).device, dtype=self.dtype)
 
-
-def _method_of(cls: type):
-    "Decorator: add the function to `cls` as a method of the same name (a class continued in a later cell)."
-    def add(f):
-        f.__qualname__ = f"{cls.__name__}.{f.__name__}"
-        setattr(cls, f.__name__, f)
-        return f
-    return add
-
 # %% ../nbs/07_model.ipynb #7134e7d1
-@_method_of(FlowPlusPlus)
+@method_of(FlowPlusPlus)
 def log_density(self: FlowPlusPlus, v: torch.Tensor) -> torch.Tensor:
     "log p(v) of dequantized images v = x + u, in nats: (B,)."
     z, logdet = self.flow(v)  # z: (B, *latent_shape)
@@ -228,7 +219,7 @@ def log_density(self: FlowPlusPlus, v: torch.Tensor) -> torch.Tensor:
     return standard_normal_logprob(z) + logdet
 
 
-@_method_of(FlowPlusPlus)
+@method_of(FlowPlusPlus)
 def log_prob(self: FlowPlusPlus, x: torch.Tensor, num_samples: int = 1,
              check: bool = True,  # validate x (costs a host sync; the trainer's data is pre-checked)
              noise: torch.Tensor | None = None) -> torch.Tensor:  # the dequantizer's noise for one sample
@@ -242,7 +233,7 @@ def log_prob(self: FlowPlusPlus, x: torch.Tensor, num_samples: int = 1,
     return self._log_prob(xf, num_samples, noise)
 
 
-@_method_of(FlowPlusPlus)
+@method_of(FlowPlusPlus)
 def _log_prob(self: FlowPlusPlus, xf: torch.Tensor, num_samples: int = 1, noise: torch.Tensor | None = None):
     "`log_prob` of float images already checked and on the model's device (no initialisation check)."
     sample_q = self.dequantizer if noise is None else (lambda xs: self.dequantizer(xs, noise.to(xs)))
@@ -252,19 +243,19 @@ def _log_prob(self: FlowPlusPlus, xf: torch.Tensor, num_samples: int = 1, noise:
     return log_w[0] if num_samples == 1 else log_mean_exp(log_w.double(), dim=0)
 
 
-@_method_of(FlowPlusPlus)
+@method_of(FlowPlusPlus)
 def forward(self: FlowPlusPlus, x: torch.Tensor, noise: torch.Tensor | None = None, check: bool = True) -> torch.Tensor:
     "log P(x) in nats per image (one dequantization sample, optionally with given noise)."
     return self.log_prob(x, check=check, noise=noise)
 
 
-@_method_of(FlowPlusPlus)
+@method_of(FlowPlusPlus)
 def bits_per_dim(self: FlowPlusPlus, x: torch.Tensor, num_samples: int = 1) -> torch.Tensor:
     "-log P(x) / (D ln 2) per image, (B,)."
     return nats_to_bpd(-self.log_prob(x, num_samples), self.config.num_dims)
 
 # %% ../nbs/07_model.ipynb #b278a60c
-@_method_of(FlowPlusPlus)
+@method_of(FlowPlusPlus)
 @contextlib.contextmanager
 def _eval_mode(self: FlowPlusPlus):
     "Dropout off for a deterministic map (encode, decode, sample); the previous mode is restored after."
@@ -276,7 +267,7 @@ def _eval_mode(self: FlowPlusPlus):
         self.train(was_training)
 
 
-@_method_of(FlowPlusPlus)
+@method_of(FlowPlusPlus)
 @torch.no_grad()
 def encode(self: FlowPlusPlus, x: torch.Tensor) -> torch.Tensor:
     "The latent z = f(x + u) of images, with u the dequantizer's median (deterministic): (B, *latent_shape)."
@@ -287,7 +278,7 @@ def encode(self: FlowPlusPlus, x: torch.Tensor) -> torch.Tensor:
         return self.flow(xf + u)[0]
 
 
-@_method_of(FlowPlusPlus)
+@method_of(FlowPlusPlus)
 @torch.no_grad()
 def decode(self: FlowPlusPlus, z: torch.Tensor) -> torch.Tensor:
     "Images from latents: floor(f^-1(z)), clamped to [0, L-1]; uint8 when L <= 256."
@@ -301,7 +292,7 @@ def decode(self: FlowPlusPlus, z: torch.Tensor) -> torch.Tensor:
     return x.to(torch.uint8 if self.config.num_levels <= 256 else torch.int64)
 
 # %% ../nbs/07_model.ipynb #6070aed0
-@_method_of(FlowPlusPlus)
+@method_of(FlowPlusPlus)
 @torch.no_grad()
 def sample(self: FlowPlusPlus, n: int, temperature: float = 1.0, generator: torch.Generator | None = None) -> torch.Tensor:
     "n images decoded from z ~ N(0, temperature^2 I); `generator` may live on any device."
@@ -312,7 +303,7 @@ def sample(self: FlowPlusPlus, n: int, temperature: float = 1.0, generator: torc
     return self.decode(z.to(device) * temperature)
 
 # %% ../nbs/07_model.ipynb #eedc2780
-@_method_of(FlowPlusPlus)
+@method_of(FlowPlusPlus)
 @torch.no_grad()
 def initialize(self: FlowPlusPlus, x: torch.Tensor) -> FlowPlusPlus:
     "Data-dependent initialisation of every actnorm and convolution from the batch x (uint8 images)."
@@ -323,7 +314,7 @@ def initialize(self: FlowPlusPlus, x: torch.Tensor) -> FlowPlusPlus:
     return self
 
 
-@_method_of(FlowPlusPlus)
+@method_of(FlowPlusPlus)
 def _require_initialized(self: FlowPlusPlus, what: str) -> None:
     "Raise a clear error, naming both ways out, unless the model was initialised or loaded (reads no tensor)."
     if not self.initialized:
