@@ -150,13 +150,14 @@ def standard_normal_logprob(z: torch.Tensor) -> torch.Tensor:
     return (-0.5 * z ** 2 - 0.5 * LOG_2PI).flatten(1).sum(1)
 
 # %% ../nbs/00_core.ipynb #8cb15dec
-def method_of(cls: type):
-    "Decorator: add the function to `cls` as a method of the same name (a class continued in a later cell)."
+def method_of(cls: type, name: str | None = None):  # the method's name; None: the function's own
+    "Decorator: add the function to `cls` as a method (a class continued in a later cell)."
     def add(f):
-        f.__qualname__ = f"{cls.__name__}.{f.__name__}"
-        setattr(cls, f.__name__, f)
+        f.__qualname__ = f"{cls.__name__}.{name or f.__name__}"
+        setattr(cls, name or f.__name__, f)
         return f
     return add
+
 
 # %% ../nbs/00_core.ipynb #ac3e65b7
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
