@@ -262,8 +262,8 @@ def load_cifar10_batches(
     if (folder / CIFAR10_FOLDER).is_dir():
         folder = folder / CIFAR10_FOLDER
     if not folder.is_dir():
-        raise FileNotFoundError(f"CIFAR-10 folder {folder} not found; download it with download_cifar10(root) "
-                                "or load_dataset('cifar10', path=root, download=True)")
+        raise FileNotFoundError(f"CIFAR-10 folder {folder} not found; fetch it with `flowpp download cifar10 ROOT` "
+                                "(in Python: download_cifar10(root) or load_dataset('cifar10', root, download=True))")
     missing = [b for b in CIFAR10_BATCHES[split] if not (folder / b).is_file()]
     if missing:
         raise FileNotFoundError(f"{folder} lacks the CIFAR-10 {split} batches {missing}; it should be the "
@@ -650,8 +650,8 @@ def _load_cifar10(path: Path, split: str, download: bool, url: str = CIFAR10_URL
     if download:
         return load_cifar10_batches(download_cifar10(path, url, md5), split)
     raise FileNotFoundError(f"no CIFAR-10 {split} data in {path}: looked for {split}*.npz shards and for "
-                            f"{CIFAR10_FOLDER}/{CIFAR10_BATCHES[split][0]}; pass download=True to fetch the official "
-                            "tarball into it")
+                            f"{CIFAR10_FOLDER}/{CIFAR10_BATCHES[split][0]}; fetch the authors' files into it with "
+                            f"`flowpp download cifar10 {path}` (in Python: load_dataset('cifar10', path, download=True))")
 
 # %% ../nbs/08_data.ipynb #60467757
 def _epoch_seed(seed: int, epoch: int) -> int:

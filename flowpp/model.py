@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import contextlib
 import math
+import typing
 from dataclasses import asdict, dataclass, field, fields, replace
 
 import torch
@@ -114,22 +115,35 @@ CONFIGS: dict[str, FlowPlusPlusConfig] = {
 }
 
 # %% ../nbs/07_model.ipynb #95627e8e
+def _typed(name: str, value, hint):
+    "`value` checked against a config field's annotation (int, float, str, bool, tuple[...]); tuples from lists."
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is tuple:
+        item = args[0]
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, item) and not isinstance(v, bool) for v in value):
+            raise ValueError(f"model config field {name!r} must be a list of {item.__name__}s, got {value!r}")
+        return tuple(value)
+    ok = {bool: lambda v: isinstance(v, bool), int: lambda v: isinstance(v, int) and not isinstance(v, bool),
+          float: lambda v: isinstance(v, (int, float)) and not isinstance(v, bool), str: lambda v: isinstance(v, str)}
+    if not ok[hint](value):
+        raise ValueError(f"model config field {name!r} must be a{'n' if hint is int else ''} {hint.__name__}, got {value!r}")
+    return float(value) if hint is float else value
+
+
 def get_config(name_or_config: str | FlowPlusPlusConfig, **overrides) -> FlowPlusPlusConfig:
-    "A config by name (see CONFIGS) or as given, with fields replaced by `overrides`."
+    "A config by name (see CONFIGS) or as given, with fields replaced by `overrides` (type-checked)."
     if isinstance(name_or_config, FlowPlusPlusConfig):
         config = name_or_config
     elif name_or_config in CONFIGS:
         config = CONFIGS[name_or_config]
     else:
         raise ValueError(f"unknown config {name_or_config!r}; choose one of {sorted(CONFIGS)} or pass a FlowPlusPlusConfig")
-    known = {f.name for f in fields(FlowPlusPlusConfig)}
-    unknown = set(overrides) - known
+    hints = typing.get_type_hints(FlowPlusPlusConfig)
+    unknown = set(overrides) - set(hints)
     if unknown:
-        raise ValueError(f"unknown config fields {sorted(unknown)}; the fields are {sorted(known)}")
-    if "image_shape" in overrides or "stages" in overrides or "dequant_stages" in overrides:
-        overrides = {k: tuple(v) for k, v in overrides.items() if k in ("image_shape", "stages", "dequant_stages")} | \
-                    {k: v for k, v in overrides.items() if k not in ("image_shape", "stages", "dequant_stages")}
-    return replace(config, **overrides)
+        raise ValueError(f"unknown config fields {sorted(unknown)}; the fields are {sorted(hints)}")
+    return replace(config, **{k: _typed(k, v, hints[k]) for k, v in overrides.items()})
+
 
 # %% ../nbs/07_model.ipynb #d6870006
 def _check_images(x, config: FlowPlusPlusConfig, what: str = "images") -> None:
