@@ -1,5 +1,6 @@
-"""The fused coupling kernels (flowpp.kernels, notebook 09a) outside the notebook: Triton stays optional, the kernels
-compile for a GPU target without a GPU, and the kernel benchmark runs end to end (`bench/kernels.py --smoke`)."""
+"""The fused coupling kernels (flowpp.kernels, notebook 09a) outside the notebook: Triton stays optional; without a GPU,
+the kernels still compile for GPU targets and torch.compile still traces their GPU registration; and the kernel
+benchmark runs end to end (`bench/kernels.py --smoke`)."""
 import json
 import math
 import os
@@ -94,6 +95,73 @@ def test_kernels_compile_for_gpu_without_spills(tmp_path):
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("registers") == 12, proc.stdout
+
+
+TRACE_GPU_PATH = """
+import torch, triton
+from triton.backends.compiler import GPUTarget
+
+
+class TargetOnly:  # torch's analysis of a kernel's TTIR asks the active driver for a target; no GPU is needed for that
+    def get_current_target(self):
+        return GPUTarget("cuda", 90, 32)
+
+
+triton.runtime.driver.set_active(TargetOnly())
+import flowpp.kernels as kernels
+from torch._dynamo.backends.common import aot_autograd
+assert not kernels._INTERPRETED  # the GPU registration: triton_ops
+graphs = {}
+
+
+def recorder(kind):
+    def compile_(gm, example_inputs):
+        graphs[kind] = gm
+        outs = next(n for n in gm.graph.nodes if n.op == "output").args[0]
+        vals = [o.meta["val"] if isinstance(o, torch.fx.Node) else o for o in outs]
+
+        def run(args):  # stand-ins shaped like the outputs: the kernels themselves need a GPU to run
+            args.clear()
+            return [torch.empty_strided(v.shape, v.stride(), dtype=v.dtype) if isinstance(v, torch.Tensor) else v
+                    for v in vals]
+        run._boxed_call = True
+        return run
+    return compile_
+
+
+K = 4
+backend = aot_autograd(fw_compiler=recorder("forward"), bw_compiler=recorder("backward"),
+                       inference_compiler=recorder("inverse"))
+x = torch.randn(2, 3, 4, 4, requires_grad=True)
+p = torch.randn(2, 3 * (2 + 3 * K), 4, 4).contiguous(memory_format=torch.channels_last)
+p = p.view(2, 3, 2 + 3 * K, 4, 4).requires_grad_()
+y, logdet = torch.compile(lambda x, p: torch.ops.flowpp.mixlogistic_coupling(x, p, K), backend=backend, fullgraph=True)(x, p)
+(y.sum() + logdet.sum()).backward()
+with torch.no_grad():
+    torch.compile(lambda y, p: torch.ops.flowpp.mixlogistic_coupling_inverse(y, p, K, 24), backend=backend,
+                  fullgraph=True)(y, p)
+for kind, gm in sorted(graphs.items()):
+    calls = [n for n in gm.graph.nodes if n.op == "call_function"]
+    kernels_called = [n for n in calls if "triton_kernel_wrapper_functional" in str(n.target)]
+    assert len(kernels_called) == 1, (kind, [str(n.target) for n in calls])
+    assert {str(n.target) for n in calls} <= {"aten.empty_like.default", "triton_kernel_wrapper_functional",
+                                             "<built-in function getitem>"}, (kind, [str(n.target) for n in calls])
+    print(kind, "clones", sorted(kernels_called[0].kwargs["tensors_to_clone"]))
+"""
+
+
+def test_compile_traces_into_the_triton_ops():
+    "The GPU registration (triton_op) under torch.compile: each graph is one Triton kernel call writing only fresh outputs."
+    pytest.importorskip("triton")
+    pytest.importorskip("triton.backends.nvidia.compiler")
+    env = {k: v for k, v in ENV.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", TRACE_GPU_PATH], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=600)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    # functionalization clones only the outputs the kernel writes (fresh empty_like buffers), never x, p or y
+    assert "backward clones ['gp_ptr', 'gx_ptr']" in proc.stdout, proc.stdout
+    assert "forward clones ['logdet_ptr', 'y_ptr']" in proc.stdout, proc.stdout
+    assert "inverse clones ['logdet_ptr', 'x_ptr']" in proc.stdout, proc.stdout
 
 
 def test_kernel_bench_smoke_run_writes_every_figure(tmp_path):
