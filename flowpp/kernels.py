@@ -14,9 +14,10 @@ from .logistic import FIXED_ITERS, RESIDUAL_ULPS, _DEFAULT_TOL, _logistic_terms
 try:  # optional: flowpp works without Triton, and no other module imports it
     import triton
     import triton.language as tl
+    from triton.language.extra import libdevice
     from torch.library import triton_op, wrap_triton
 except ImportError:
-    triton = tl = triton_op = wrap_triton = None
+    triton = tl = libdevice = triton_op = wrap_triton = None
 
 # %% auto #0
 __all__ = ['TILE', 'INTERPRETER_TILE', 'coupling_params', 'coupling_terms', 'component_partials', 'coupling_vjp',
@@ -109,6 +110,24 @@ def _jit(fn):
 
 
 @_jit
+def _exp(x):
+    "e^x, to a couple of ulps over the whole range."
+    if _LIBDEVICE_EXP:
+        y = libdevice.exp(x)
+    else:
+        y = tl.exp(x)
+    return y
+
+
+# whether the kernels of this module are built for Triton's interpreter (TRITON_INTERPRET=1 at import)
+_INTERPRETED = triton is not None and not isinstance(_exp, triton.runtime.jit.JITFunction)
+# Compiled for a GPU, tl.exp is the hardware's ex2.approx of x log2(e), whose error grows with |x| (the product is
+# rounded first: about |x|/2 ulps); libdevice's expf reduces the argument exactly first (a couple of ulps over the
+# whole range, as PyTorch's own CUDA exp). The interpreter has no libdevice; its numpy exp is accurate anyway.
+_LIBDEVICE_EXP = None if triton is None else tl.constexpr(not _INTERPRETED)
+
+
+@_jit
 def _log1p(e):
     "log(1 + e) for 0 <= e <= 1, to a few ulps, from log alone."
     # log(1 + e) = log(u) e / (u - 1),  u = fl(1 + e): the rounding of u cancels (Goldberg)
@@ -121,7 +140,7 @@ def _tanh(v):
     "(tanh v, 1 - tanh^2 v), each to a few ulps, from exp and log alone."
     # m = expm1(u) = (w - 1) u / log w,  w = fl(e^u),  u = -2|v| (Kahan)
     u = -2.0 * tl.abs(v)
-    w = tl.exp(u)
+    w = _exp(u)
     m = tl.where(w == 1.0, u, (w - 1.0) * (u / tl.log(w)))
     # below u = -20, expm1(u) rounds to -1 in float32 (e^u < 2^-25), and w nears the subnormals where log w is inexact
     m = tl.where(u < -20.0, -1.0, m)
@@ -137,7 +156,7 @@ def _lse(v):
     m = tl.max(v, axis=1)
     m = tl.where(tl.abs(m) == float("inf"), 0.0, m)  # an infinite max shifts by 0: all -inf gives -inf, not NaN
     # LSE_k v_k = log sum_k e^{v_k - m} + m
-    return tl.log(tl.sum(tl.exp(v - m[:, None]), axis=1)) + m
+    return tl.log(tl.sum(_exp(v - m[:, None]), axis=1)) + m
 
 
 @_jit
@@ -148,10 +167,6 @@ def _element_index(n, S1, S2, S3):
     i2 = r % S2
     r = r // S2
     return r // S1, r % S1, i2, i3
-
-
-# whether the kernels of this module were built for Triton's interpreter (TRITON_INTERPRET=1 at import)
-_INTERPRETED = triton is not None and not isinstance(_log1p, triton.runtime.jit.JITFunction)
 
 # %% ../nbs/09a_kernels.ipynb #dc622850
 @_jit
@@ -166,7 +181,7 @@ def _load_mixture(p_ptr, off_p, s_j, mask, K: tl.constexpr, KP: tl.constexpr, MI
     q = tl.load(ptr + 2 * K * s_j, mask=m2, other=0.0)
     # log pi_k = l_k - max_j l_j - log sum_j e^{l_j - max_j l_j}
     top = tl.max(logits, axis=1)[:, None]
-    log_pi = logits - top - tl.log(tl.sum(tl.exp(logits - top), axis=1))[:, None]
+    log_pi = logits - top - tl.log(tl.sum(_exp(logits - top), axis=1))[:, None]
     # log s_k = max(q_k, log s_min)
     return in_k, log_pi, means, q, tl.maximum(q, MIN_LS)
 
@@ -177,7 +192,7 @@ def _mixture_terms(x, log_pi, means, inv_s):
     # z_k = (x - mu_k) / s_k
     z = (x[:, None] - means) * inv_s
     # log sigma(z) = min(z, 0) - t,  log sigma(-z) = min(-z, 0) - t,  t = log(1 + e^{-|z|})
-    t = _log1p(tl.exp(-tl.abs(z)))
+    t = _log1p(_exp(-tl.abs(z)))
     log_sig = tl.minimum(z, 0.0) - t
     log_sig_neg = tl.minimum(-z, 0.0) - t
     # A_k = log pi_k + log sigma(z_k),  B_k = log pi_k + log sigma(-z_k);  log F = LSE A,  log S = LSE B
@@ -214,10 +229,10 @@ def _coupling_forward_kernel(
     a, _ = _tanh(tl.load(p_ptr + off_p, mask=mask, other=0.0))
     b = tl.load(p_ptr + off_p + s_j, mask=mask, other=0.0)
     in_k, log_pi, means, q, log_s = _load_mixture(p_ptr, off_p, s_j, mask, K, KP, MIN_LS)
-    z, log_sig, log_sig_neg, A, B, log_cdf, log_sf = _mixture_terms(x, log_pi, means, tl.exp(-log_s))
+    z, log_sig, log_sig_neg, A, B, log_cdf, log_sf = _mixture_terms(x, log_pi, means, _exp(-log_s))
     T, log_T, D = _divided_terms(A, B, log_cdf, log_sf, log_sig, log_sig_neg, log_s)
     # y = (log F - log S) e^a + b;  log dy/dx = D + a
-    tl.store(y_ptr + off_o, (log_cdf - log_sf) * tl.exp(a) + b, mask=mask)
+    tl.store(y_ptr + off_o, (log_cdf - log_sf) * _exp(a) + b, mask=mask)
     tl.store(logdet_ptr + off_o, D + a, mask=mask)
 
 # %% ../nbs/09a_kernels.ipynb #bb0834c7
@@ -274,16 +289,16 @@ def _coupling_backward_kernel(
     D_bar = tl.load(gl_ptr + i0 * sgl0 + i1 * sgl1 + i2 * sgl2 + i3 * sgl3, mask=mask, other=0.0)
     a, sech2 = _tanh(tl.load(p_ptr + off_p, mask=mask, other=0.0))
     in_k, log_pi, means, q, log_s = _load_mixture(p_ptr, off_p, s_j, mask, K, KP, MIN_LS)
-    inv_s = tl.exp(-log_s)
+    inv_s = _exp(-log_s)
     z, log_sig, log_sig_neg, A, B, log_cdf, log_sf = _mixture_terms(x, log_pi, means, inv_s)
     T, log_T, D = _divided_terms(A, B, log_cdf, log_sf, log_sig, log_sig_neg, log_s)
     # r_k = e^{A_k - log F},  rho_k = e^{B_k - log S},  w_k = e^{T_k - LSE T}
-    r = tl.exp(A - log_cdf[:, None])
-    rho = tl.exp(B - log_sf[:, None])
-    w = tl.exp(T - log_T[:, None])
-    sig = tl.exp(log_sig)
-    sig_neg = tl.exp(log_sig_neg)
-    y_bar_ea = y_bar * tl.exp(a)  # ybar e^a
+    r = _exp(A - log_cdf[:, None])
+    rho = _exp(B - log_sf[:, None])
+    w = _exp(T - log_T[:, None])
+    sig = _exp(log_sig)
+    sig_neg = _exp(log_sig_neg)
+    y_bar_ea = y_bar * _exp(a)  # ybar e^a
     # g_k = ybar e^a (r_k sigma(-z_k) + rho_k sigma(z_k)) - Dbar (w_k tau_k + r_k sigma(-z_k) - rho_k sigma(z_k))
     g = y_bar_ea[:, None] * (r * sig_neg + rho * sig) - D_bar[:, None] * (w * (sig - sig_neg) + r * sig_neg - rho * sig)
     g = tl.where(in_k[None, :], g, 0.0)
@@ -295,7 +310,7 @@ def _coupling_backward_kernel(
     m2 = mask[:, None] & in_k[None, :]
     ptr = gp_ptr + off_gp[:, None] + (2 + tl.arange(0, KP))[None, :] * sg_j
     # lbar_k = ybar e^a (r_k - rho_k) + Dbar (w_k - r_k - rho_k + pi_k)
-    tl.store(ptr, y_bar_ea[:, None] * (r - rho) + D_bar[:, None] * (w - r - rho + tl.exp(log_pi)), mask=m2)
+    tl.store(ptr, y_bar_ea[:, None] * (r - rho) + D_bar[:, None] * (w - r - rho + _exp(log_pi)), mask=m2)
     # mbar_k = -g_k / s_k
     tl.store(ptr + K * sg_j, -g * inv_s, mask=m2)
     # qbar_k = 1[q_k >= log s_min] (-z_k g_k - Dbar w_k)
@@ -335,14 +350,14 @@ def _coupling_inverse_kernel(
     b = tl.load(p_ptr + off_p + s_j, mask=mask, other=0.0)
     in_k, log_pi, means, q, log_s = _load_mixture(p_ptr, off_p, s_j, mask, K, KP, MIN_LS)
     # h = (y - b) e^{-a}: the target of logit F(x) = h
-    y = (y_in - b) * tl.exp(-a)
-    inv_s = tl.exp(-log_s)
+    y = (y_in - b) * _exp(-a)
+    inv_s = _exp(-log_s)
     # x_k = mu_k + s_k h; the bracket [min_k x_k, max_k x_k] holds the root for any weights
-    x_k = means + tl.exp(log_s) * y[:, None]
+    x_k = means + _exp(log_s) * y[:, None]
     lo = tl.min(tl.where(in_k[None, :], x_k, float("inf")), axis=1)
     hi = tl.max(tl.where(in_k[None, :], x_k, float("-inf")), axis=1)
     # start: sum_k pi_k x_k, clamped into the bracket (only rounding can put it outside)
-    x = tl.sum(tl.where(in_k[None, :], tl.exp(log_pi) * (means + y[:, None] * tl.exp(log_s)), 0.0), axis=1)
+    x = tl.sum(tl.where(in_k[None, :], _exp(log_pi) * (means + y[:, None] * _exp(log_s)), 0.0), axis=1)
     x = tl.minimum(tl.maximum(x, lo), hi)
     x = tl.where(lo == hi, lo, x)
     done = (lo == hi) | (y != y) | (n >= N)  # solved at the start (K = 1, h = +-inf), NaN, or no element
@@ -360,7 +375,7 @@ def _coupling_inverse_kernel(
         half = (hi - lo) / 2
         T, log_T, D = _divided_terms(A, B, log_cdf, log_sf, log_sig, log_sig_neg, log_s)
         # Newton: step = g / g',  g' = e^D
-        step = gx * tl.exp(-D)
+        step = gx * _exp(-D)
         x_newton = x - step
         # accepted inside the bracket and when at most half the step before last (NaN/inf steps fail)
         use_newton = (x_newton >= lo) & (x_newton <= hi) & (2 * tl.abs(step) <= tl.abs(dx_old))
