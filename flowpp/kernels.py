@@ -20,7 +20,7 @@ except ImportError:
     triton = tl = libdevice = triton_op = wrap_triton = None
 
 # %% auto #0
-__all__ = ['TILE', 'INTERPRETER_TILE', 'coupling_params', 'coupling_terms', 'component_partials', 'coupling_vjp',
+__all__ = ['TILE', 'INTERPRETER_TILE', 'MAX_SPAN', 'coupling_params', 'coupling_terms', 'component_partials', 'coupling_vjp',
            'plot_inverse_agreement', 'coupling_forward', 'coupling_inverse', 'use_kernels']
 
 # %% ../nbs/09a_kernels.ipynb #426111ad
@@ -505,13 +505,21 @@ def _require_kernels(device: torch.device, dtype: torch.dtype, what: str) -> Non
                         "keep the reference path for other dtypes, or convert with .float()")
 
 
+# The kernels index with 32-bit integers: every element of every tensor they touch must lie within 2^31 - 1 of its start
+MAX_SPAN = 2 ** 31 - 1
+
+
 def _check_inputs(x: Tensor, p: Tensor, components: int, name: str) -> None:
     "Raise a clear error unless x (B, C, H, W) and p (B, C, 2 + 3K, H, W) fit the kernels."
-    _require_kernels(x.device, x.dtype, name)
     B, C, H, W = x.shape if x.dim() == 4 else (None,) * 4
     if x.dim() != 4 or tuple(p.shape) != (B, C, 2 + 3 * components, H, W):
         raise ValueError(f"the coupling kernels need {name} (B, C, H, W) and p (B, C, 2 + 3K, H, W) with K = "
                          f"{components}; got {name} {tuple(x.shape)} and p {tuple(p.shape)}")
+    span = max(sum((n - 1) * abs(s) for n, s in zip(t.shape, t.stride())) for t in (x, p))
+    if span > MAX_SPAN:
+        raise ValueError(f"the coupling kernels index with 32-bit integers, and {name} or p spans {span} elements "
+                         f"(more than {MAX_SPAN}): split the batch")
+    _require_kernels(x.device, x.dtype, name)
     if p.dtype != x.dtype or p.device != x.device:
         raise TypeError(f"p must match {name}: got {p.dtype} on {p.device} against {x.dtype} on {x.device}")
 
