@@ -72,29 +72,51 @@ class MixLogisticCoupling(Coupling):
     def __init__(self, channels, cond_channels, height, width, components: int = 32, **conditioner):
         super().__init__(channels, cond_channels, height, width, 2 + 3 * components, **conditioner)
         self.components = components
+        # off: the PyTorch composition below; on (set by flowpp.kernels.use_kernels): the fused GPU kernels of 09a
+        self.use_kernels = False
 
-    def mixture(self, cond):
-        "(a, b, prior_logits, means, logscales): a, b shaped (B, C, H, W), the rest (B, C, H, W, K)."
-        p = self.params(cond)  # (B, C, 2 + 3K, H, W)
+    def split_params(self, p):
+        "(a, b, prior_logits, means, logscales) from the conditioner output p (B, C, 2 + 3K, H, W)."
         K = self.components
         a, b = torch.tanh(p[:, :, 0]), p[:, :, 1]
         mix = p[:, :, 2:].permute(0, 1, 3, 4, 2)  # (B, C, H, W, 3K)
         prior_logits, means, logscales = mix[..., :K], mix[..., K:2 * K], mix[..., 2 * K:]
         return a, b, prior_logits, means, logscales.clamp(min=MIN_LOGSCALE)
 
-    def forward(self, x, cond=None):
-        a, b, *mixture = self.mixture(cond)
+    def mixture(self, cond):
+        "(a, b, prior_logits, means, logscales): a, b shaped (B, C, H, W), the rest (B, C, H, W, K)."
+        return self.split_params(self.params(cond))  # from p (B, C, 2 + 3K, H, W)
+
+    def transform(self, x, p):
+        "y and the elementwise log dy/dx, both shaped like x, given the conditioner output p."
+        if self.use_kernels:
+            from flowpp.kernels import coupling_forward
+            return coupling_forward(x, p, self.components)
+        a, b, *mixture = self.split_params(p)
         # h = logit F(x);  log dh/dx = log p - log F - log(1 - F)
         h, log_dh = mixture_logit_cdf_with_logdet(x, *mixture)
-        # y = h e^a + b;  log|det J| = sum (log dh/dx + a)
-        return h * a.exp() + b, (log_dh + a).flatten(1).sum(1)
+        # y = h e^a + b;  log dy/dx = log dh/dx + a
+        return h * a.exp() + b, log_dh + a
 
-    def inverse(self, y, cond=None):
-        a, b, *mixture = self.mixture(cond)
+    def inverse_transform(self, y, p):
+        "x with transform(x, p)[0] = y, and the elementwise log dy/dx of the forward map at x."
+        if self.use_kernels and not (torch.is_grad_enabled() and (y.requires_grad or p.requires_grad)):
+            from flowpp.kernels import coupling_inverse  # the kernels have no gradient: only where none is needed
+            return coupling_inverse(y, p, self.components)
+        a, b, *mixture = self.split_params(p)
         # h = (y - b) e^{-a};  x = F^{-1}(sigmoid(h)), solved in logit space
         x = mixture_inv_logit_cdf((y - b) * torch.exp(-a), *mixture)
         _, log_dh = mixture_logit_cdf_with_logdet(x, *mixture)
-        return x, -(log_dh + a).flatten(1).sum(1)
+        return x, log_dh + a
+
+    def forward(self, x, cond=None):
+        y, log_dy = self.transform(x, self.params(cond))
+        # log|det J| = sum (log dh/dx + a)
+        return y, log_dy.flatten(1).sum(1)
+
+    def inverse(self, y, cond=None):
+        x, log_dy = self.inverse_transform(y, self.params(cond))
+        return x, -log_dy.flatten(1).sum(1)
 
 # %% ../nbs/05_coupling.ipynb #efebdc21
 class CouplingStep(nn.Module):
