@@ -5,6 +5,7 @@
 # %% ../nbs/00_core.ipynb #8e00fe2b
 from __future__ import annotations
 
+import contextlib
 import math
 from pathlib import Path
 
@@ -13,7 +14,7 @@ from torch import nn
 
 # %% auto #0
 __all__ = ['LOG_2PI', 'Flow', 'SequentialFlow', 'ElementwiseAffine', 'check_flow', 'nats_to_bpd', 'bpd_to_nats',
-           'standard_normal_logprob', 'method_of', 'save_figure', 'plot_change_of_variables']
+           'standard_normal_logprob', 'method_of', 'tf32_allowed', 'save_figure', 'plot_change_of_variables']
 
 # %% ../nbs/00_core.ipynb #d7c3f1d0
 class Flow(nn.Module):
@@ -158,6 +159,17 @@ def method_of(cls: type, name: str | None = None):  # the method's name; None: t
         return f
     return add
 
+
+# %% ../nbs/00_core.ipynb #0ab26d87
+@contextlib.contextmanager
+def tf32_allowed(allowed: bool):
+    "Within the block, cuDNN convolutions and CUDA matmuls may use TF32 only if `allowed`; the flags are restored after."
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allowed
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
 
 # %% ../nbs/00_core.ipynb #ac3e65b7
 def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:

@@ -19,15 +19,15 @@ from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from .attention import Conditioner
-from .core import nats_to_bpd
+from .core import nats_to_bpd, tf32_allowed
 from .coupling import CouplingStep
 from .dequantizer import ContextNet
 from .model import FlowPlusPlus
 
 # %% auto #0
 __all__ = ['COMPILE_SCOPES', 'COMPILE_MODES', 'RECOMPILE_LIMIT', 'NO_KERNEL_OPS', 'SYNC_OPS', 'CUDA_GRAPH_WARMUP', 'BPD_RTOL',
-           'MIN_GRAD_COSINE', 'FastPath', 'tf32_allowed', 'fast_context', 'apply_fast_path', 'DispatchCounter',
-           'count_dispatch', 'TrainStep', 'FastFlow', 'dequantization_noise', 'equivalence', 'reconstruction']
+           'MIN_GRAD_COSINE', 'FastPath', 'fast_context', 'apply_fast_path', 'DispatchCounter', 'count_dispatch',
+           'TrainStep', 'FastFlow', 'dequantization_noise', 'equivalence', 'reconstruction']
 
 # %% ../nbs/09_fast.ipynb #b7a7a4ae
 COMPILE_SCOPES = ("step", "regional", "model")
@@ -90,17 +90,6 @@ class FastPath:
         return options
 
 # %% ../nbs/09_fast.ipynb #9260b21c
-@contextlib.contextmanager
-def tf32_allowed(allowed: bool):
-    "Within the block, cuDNN convolutions and CUDA matmuls may use TF32 only if `allowed`; the flags are restored after."
-    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
-    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = allowed
-    try:
-        yield
-    finally:
-        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
-
-
 @contextlib.contextmanager
 def fast_context(fast: FastPath, device: torch.device, inverse: bool = False):  # True: encode/decode/sample
     "The switches that act while a call runs: bfloat16 autocast (`amp`, or `amp_inverse` for inverses) and TF32."

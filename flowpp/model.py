@@ -13,7 +13,7 @@ from dataclasses import asdict, dataclass, field, fields, replace
 import torch
 from torch import nn
 
-from .core import Flow, method_of, SequentialFlow, nats_to_bpd, standard_normal_logprob
+from .core import Flow, method_of, tf32_allowed, SequentialFlow, nats_to_bpd, standard_normal_logprob
 from .coupling import CouplingStage, coupling_stage
 from .dequantization import UniformDequantizer, log_importance_weights, log_mean_exp
 from .dequantizer import VariationalDequantizer, parse_stage, variational_dequantizer
@@ -272,11 +272,12 @@ def bits_per_dim(self: FlowPlusPlus, x: torch.Tensor, num_samples: int = 1) -> t
 @method_of(FlowPlusPlus)
 @contextlib.contextmanager
 def _eval_mode(self: FlowPlusPlus):
-    "Dropout off for a deterministic map (encode, decode, sample); the previous mode is restored after."
+    "Dropout off and TF32 off: a deterministic map in true float32 (encode, decode, sample); restored after."
     was_training = self.training
     self.eval()
     try:
-        yield
+        with tf32_allowed(False):
+            yield
     finally:
         self.train(was_training)
 
