@@ -11,11 +11,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .layers import DATA_INIT_EPS, DataInitModule, data_init
+from .layers import DATA_INIT_EPS, DataInitModule
 
 # %% auto #0
 __all__ = ['CONV_INIT_STD', 'LAYERNORM_EPS', 'POS_EMB_INIT_STD', 'MIXERS', 'concat_elu', 'Conv2d', 'nin', 'ChannelLayerNorm',
-           'GatedConv', 'GatedAttention', 'GatedPointwiseMLP', 'Conditioner', 'train_mirror_task', 'plot_attention']
+           'GatedConv', 'GatedAttention', 'GatedPointwiseMLP', 'Conditioner']
 
 # %% ../nbs/04_attention.ipynb #d90f6598
 def concat_elu(x: torch.Tensor) -> torch.Tensor:
@@ -214,51 +214,3 @@ class Conditioner(nn.Module):
         if self.head_concat_elu:
             h = concat_elu(h)
         return self.proj_out(h)  # (B, C_out, H, W)
-
-# %% ../nbs/04_attention.ipynb #8ed63cf2
-def train_mirror_task(attention: bool = True, steps: int = 300, size: int = 6, filters: int = 16,
-                      seed: int = 0) -> tuple[Conditioner, float]:
-    "Fit a one-block conditioner to map x -> x mirrored through the centre; return it and its final test MSE."
-    g = torch.Generator().manual_seed(seed)
-    with torch.random.fork_rng():  # seed the weights' init without touching the caller's random stream
-        torch.manual_seed(seed)
-        net = Conditioner(1, 1, size, size, filters=filters, blocks=1, heads=1, init_scale=1.0,
-                          mixer="attention" if attention else "none")
-    with data_init(net):
-        net(torch.randn(64, 1, size, size, generator=g))
-    opt = torch.optim.Adam(net.parameters(), lr=1e-2)
-    for _ in range(steps):
-        x = torch.randn(64, 1, size, size, generator=g)
-        loss = F.mse_loss(net(x), x.flip(2, 3))
-        opt.zero_grad(); loss.backward(); opt.step()
-    with torch.no_grad():
-        x = torch.randn(256, 1, size, size, generator=g)
-        return net, F.mse_loss(net(x), x.flip(2, 3)).item()
-
-
-def plot_attention(net: Conditioner, queries: list[tuple[int, int]], seed: int = 0):
-    "The first block's attention (mean over heads and a batch) for each query pixel, and each query's weight on its mirror."
-    import matplotlib.pyplot as plt
-    size = net.pos_emb.shape[-1]
-    x = torch.randn(64, 1, size, size, generator=torch.Generator().manual_seed(seed))
-    with torch.no_grad():
-        h = net.norms1[0](net.convs[0](net.proj_in(x)))
-        w = net.mixers[0].attention_weights(h, net.pos_emb).mean((0, 1))  # (T, T): query -> key
-    t = torch.arange(size * size)
-    mirror = (size - 1 - t // size) * size + (size - 1 - t % size)
-    on_mirror = w[t, mirror].reshape(size, size)  # weight each query puts on its mirror pixel
-    fig, axes = plt.subplots(1, len(queries) + 1, figsize=(2.6 * (len(queries) + 1), 2.9))
-    for ax, (i, j) in zip(axes, queries):
-        ax.imshow(w[i * size + j].reshape(size, size), cmap="magma", vmin=0, vmax=1)
-        ax.scatter([j], [i], marker="x", c="cyan", s=60)
-        ax.scatter([size - 1 - j], [size - 1 - i], marker="o", facecolors="none", edgecolors="cyan", s=120)
-        ax.set_title(f"query ({i}, {j})", fontsize=9)
-        ax.set_xticks([]); ax.set_yticks([])
-    im = axes[-1].imshow(on_mirror, cmap="viridis", vmin=0, vmax=1)
-    axes[-1].set_title("weight on the mirror, per query", fontsize=9)
-    axes[-1].set_xticks([]); axes[-1].set_yticks([])
-    fig.colorbar(im, ax=axes[-1], fraction=0.046)
-    fig.suptitle("attention after learning the mirror task (x = query, o = its mirror; uniform weight would be "
-                 f"{1 / size ** 2:.3f})", fontsize=9)
-    fig.tight_layout()
-    return fig, w, on_mirror

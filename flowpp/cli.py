@@ -21,7 +21,7 @@ import torch
 
 from .core import save_figure
 from .data import download_cifar10, independent_pixel_baseline, load_dataset
-from .model import plot_image_grid
+from .plotting import plot_image_grid
 from .train import (TRAIN_PRESETS, TrainConfig, Trainer, evaluate, load_checkpoint, load_model,
                           sampling_speed)
 

@@ -13,8 +13,8 @@ import torch
 from torch import nn
 
 # %% auto #0
-__all__ = ['LOG_2PI', 'Flow', 'SequentialFlow', 'ElementwiseAffine', 'check_flow', 'nats_to_bpd', 'bpd_to_nats',
-           'standard_normal_logprob', 'method_of', 'tf32_allowed', 'save_figure', 'plot_change_of_variables']
+__all__ = ['LOG_2PI', 'Flow', 'SequentialFlow', 'ElementwiseAffine', 'check_flow', 'nats_to_bpd', 'standard_normal_logprob',
+           'method_of', 'tf32_allowed', 'save_figure']
 
 # %% ../nbs/00_core.ipynb #d7c3f1d0
 class Flow(nn.Module):
@@ -135,12 +135,6 @@ def nats_to_bpd(nll: torch.Tensor | float, num_dims: int):
     # bpd = nll / (D ln 2)
     return nll / (num_dims * math.log(2))
 
-
-def bpd_to_nats(bpd: torch.Tensor | float, num_dims: int):
-    "Bits per dimension -> negative log-likelihood in nats per example."
-    # nll = bpd * D ln 2
-    return bpd * num_dims * math.log(2)
-
 # %% ../nbs/00_core.ipynb #ed3b83a7
 LOG_2PI = math.log(2 * math.pi)
 
@@ -178,25 +172,3 @@ def save_figure(fig, path: str | Path, dpi: int = 110) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi, bbox_inches="tight", metadata={"Software": None})
     return path
-
-# %% ../nbs/00_core.ipynb #0dfe483b
-def plot_change_of_variables(seed: int = 0, n: int = 200_000):
-    "Histogram of samples x = sigmoid((z - t) e^{-s}) against the density from the change-of-variables formula."
-    import matplotlib.pyplot as plt
-    g = torch.Generator().manual_seed(seed)
-    flow = ElementwiseAffine((1,)).double()
-    with torch.no_grad():
-        flow.logscale.fill_(math.log(0.7)); flow.shift.fill_(0.8)
-        z = torch.randn(n, 1, generator=g, dtype=torch.float64)
-        x = torch.sigmoid(flow.inverse(z)[0]).squeeze(1)
-        grid = torch.linspace(1e-3, 1 - 1e-3, 400, dtype=torch.float64)
-        # f(x) = affine(logit(x)); log p_X(x) = log N(f(x)) + log|det J_affine| + log|d logit(x)/dx|
-        zg, ld = flow(torch.logit(grid)[:, None])
-        log_px = standard_normal_logprob(zg) + ld - torch.log(grid * (1 - grid))
-    fig, ax = plt.subplots(figsize=(5, 3))
-    ax.hist(x.numpy(), bins=100, density=True, alpha=0.5, label="samples pushed through the flow")
-    ax.plot(grid.numpy(), log_px.exp().numpy(), "k", label="change-of-variables density")
-    ax.set_xlabel("x"); ax.set_ylabel("density"); ax.legend(fontsize=8)
-    ax.set_title("log p(x) = log p(z) + log|det dz/dx|")
-    fig.tight_layout()
-    return fig, x, flow

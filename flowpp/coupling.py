@@ -5,8 +5,6 @@
 # %% ../nbs/05_coupling.ipynb #f4cfd9f3
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import nn
 
@@ -16,8 +14,7 @@ from .attention import Conditioner
 from .logistic import mixture_logit_cdf_with_logdet, mixture_inv_logit_cdf
 
 # %% auto #0
-__all__ = ['MIN_LOGSCALE', 'Coupling', 'AffineCoupling', 'MixLogisticCoupling', 'CouplingStep', 'CouplingStage', 'coupling_stage',
-           'plot_coupling_maps', 'coupling_explorer_update']
+__all__ = ['MIN_LOGSCALE', 'Coupling', 'AffineCoupling', 'MixLogisticCoupling', 'CouplingStep', 'CouplingStage', 'coupling_stage']
 
 # %% ../nbs/05_coupling.ipynb #3f29ad34
 MIN_LOGSCALE = -7.0  # log-scales are clamped here: a component narrower than e^-7 would make the CDF a step
@@ -192,52 +189,3 @@ def coupling_stage(split: Split, steps: int,
         return MixLogisticCoupling(C, C, H, W, components=components, **conditioner)
 
     return CouplingStage(split, [CouplingStep(coupling(), C, H, W, pointwise) for _ in range(steps)])
-
-# %% ../nbs/05_coupling.ipynb #3ee521d6
-def plot_coupling_maps(components: int = 4, draws: int = 6, seed: int = 0):
-    "Elementwise maps x -> f(x) of the mixture coupling (random parameters) next to affine maps."
-    import matplotlib.pyplot as plt
-    g = torch.Generator().manual_seed(seed)
-    x = torch.linspace(-6, 6, 600, dtype=torch.float64)
-    fig, axes = plt.subplots(1, 2, figsize=(9, 3.4), sharey=True)
-    curves = []
-    for _ in range(draws):
-        logits = torch.randn(components, generator=g, dtype=torch.float64)
-        means = torch.randn(components, generator=g, dtype=torch.float64) * 2.5
-        logscales = torch.rand(components, generator=g, dtype=torch.float64) * 2 - 2.5
-        a, b = torch.tanh(torch.randn((), generator=g, dtype=torch.float64)), torch.randn((), generator=g, dtype=torch.float64)
-        h, _ = mixture_logit_cdf_with_logdet(x, logits, means, logscales)
-        y = h * a.exp() + b
-        curves.append(y)
-        axes[0].plot(x.numpy(), y.numpy(), lw=1.5)
-        axes[1].plot(x.numpy(), (x * a.exp() + b).numpy(), lw=1.5)
-    axes[0].set_title(f"logistic-mixture coupling, K = {components}", fontsize=10)
-    axes[1].set_title("affine coupling", fontsize=10)
-    for ax in axes:
-        ax.set_xlabel("$x_2$"); ax.grid(alpha=0.3)
-    axes[0].set_ylabel("$y_2 = f(x_2)$")
-    fig.tight_layout()
-    return fig, x, torch.stack(curves)
-
-# %% ../nbs/05_coupling.ipynb #501571f3
-def coupling_explorer_update(a: float, b: float,
-                             weights: list[float], means: list[float], logscales: list[float],  # K components
-                             ax=None, x_range: tuple[float, float] = (-6.0, 6.0)) -> dict:
-    "The map x -> y of one element of the mixture coupling and its slope; drawn on `ax` when given."
-    f64 = dict(dtype=torch.float64)
-    x = torch.linspace(*x_range, 500, **f64)
-    prior_logits = torch.log(torch.tensor(weights, **f64).clamp(min=1e-6))  # sliders may set a weight to 0
-    h, log_dh = mixture_logit_cdf_with_logdet(x, prior_logits, torch.tensor(means, **f64),
-                                              torch.tensor(logscales, **f64).clamp(min=MIN_LOGSCALE))
-    # y = h e^a + b;  log dy/dx = log dh/dx + a
-    y, log_slope = h * math.exp(a) + b, log_dh + a
-    if ax is not None:
-        ax.clear()
-        ax.plot(x.numpy(), y.numpy(), "C0")
-        ax.set_xlabel("$x_2$"); ax.set_ylabel("$y_2$", color="C0")
-        twin = ax.twinx() if not hasattr(ax, "_slope_axis") else ax._slope_axis
-        ax._slope_axis = twin
-        twin.clear()
-        twin.semilogy(x.numpy(), log_slope.exp().numpy(), "C1", lw=1)
-        twin.set_ylabel("dy/dx", color="C1")
-    return {"x": x, "y": y, "slope": log_slope.exp()}

@@ -33,7 +33,7 @@ __all__ = ['IMAGENET_PATTERNS', 'CIFAR10_FOLDER', 'CIFAR10_BATCHES', 'CIFAR10_UR
            'DATASETS', 'DATASET_OPTIONS', 'ImageDataset', 'load_npz_shards', 'load_imagenet_npz',
            'load_cifar10_batches', 'download_cifar10', 'load_image_folder', 'digits_split_indices', 'load_digits',
            'reduce_bits', 'load_dataset', 'epoch_order', 'batches', 'eval_batches', 'independent_pixel_log_probs',
-           'independent_pixel_baseline', 'sample_independent_pixels', 'plot_datasets']
+           'independent_pixel_baseline', 'sample_independent_pixels']
 
 # %% ../nbs/08_data.ipynb #a8a9120b
 @dataclass(eq=False, repr=False)
@@ -764,19 +764,3 @@ def sample_independent_pixels(train: ImageDataset, n: int, seed: int = 0) -> Ima
     x = torch.multinomial(log2_p.exp2().reshape(-1, train.num_levels), n, replacement=True, generator=g)  # (D, n)
     return ImageDataset(x.T.reshape(n, *train.image_shape).to(torch.uint8), None, train.num_levels,
                         f"independent pixels ({train.name})")
-
-
-def plot_datasets(
-    datasets: Sequence[ImageDataset],  # one panel each
-    n: int = 32,  # images per panel (the first n)
-    nrow: int = 8,  # images per row
-):
-    "The first n images of each dataset side by side; returns the figure."
-    import matplotlib.pyplot as plt
-    from flowpp.model import plot_image_grid
-    fig, axes = plt.subplots(1, len(datasets), figsize=(3.4 * len(datasets), 3.2), squeeze=False)
-    for ds, ax in zip(datasets, axes[0]):
-        plot_image_grid(ds.images[:n], nrow, f"{ds.name}: {len(ds)} x {ds.image_shape}, L = {ds.num_levels}",
-                        ds.num_levels, ax=ax)
-    fig.tight_layout()
-    return fig

@@ -5,10 +5,7 @@
 # %% ../nbs/06_dequantizer.ipynb #5c2f225d
 from __future__ import annotations
 
-import math
-
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .attention import ChannelLayerNorm, Conv2d, GatedAttention, GatedConv, POS_EMB_INIT_STD
@@ -16,10 +13,9 @@ from .coupling import CouplingStage, coupling_stage
 from .core import standard_normal_logprob
 from .logistic import sigmoid_logdet
 from .layers import Split, get_split
-from .dequantization import UniformDequantizer
 
 # %% auto #0
-__all__ = ['ContextNet', 'VariationalDequantizer', 'variational_dequantizer', 'parse_stage', 'plot_dequantization_noise']
+__all__ = ['ContextNet', 'VariationalDequantizer', 'variational_dequantizer', 'parse_stage']
 
 # %% ../nbs/06_dequantizer.ipynb #64975823
 class ContextNet(nn.Module):
@@ -127,21 +123,3 @@ def parse_stage(spec: str) -> tuple[str, int]:
         raise ValueError(f"bad stage {spec!r}: write 'split:steps' (e.g. 'stripes:4', 'channels:2') or 'squeeze'")
     get_split(name)  # raises for an unknown split
     return name, int(steps)
-
-# %% ../nbs/06_dequantizer.ipynb #9413b940
-def plot_dequantization_noise(dequantizer: nn.Module, x: torch.Tensor, samples: int = 2000, seed: int = 0,
-                              pixels: tuple[tuple[int, int, int], ...] = ((0, 0, 0),)):  # (c, h, w) of each panel
-    "Histograms of u at the given pixels of one image x (1, C, H, W), drawn `samples` times, against uniform noise."
-    import matplotlib.pyplot as plt
-    g = torch.Generator(device=x.device).manual_seed(seed)
-    with torch.no_grad():
-        u, _ = dequantizer(x.expand(samples, *x.shape[1:]).contiguous(), generator=g)  # (samples, C, H, W)
-    u = torch.stack([u[:, c, h, w] for c, h, w in pixels], 1).cpu()  # (samples, P)
-    fig, axes = plt.subplots(1, len(pixels), figsize=(2.6 * len(pixels), 2.6), sharey=True, squeeze=False)
-    for ax, (c, h, w), u_p in zip(axes[0], pixels, u.T):
-        ax.hist(u_p.numpy(), bins=40, range=(0, 1), density=True, alpha=0.6, label="learned q(u|x)")
-        ax.axhline(1.0, color="k", ls="--", label="uniform")
-        ax.set_xlabel("u"); ax.set_title(f"pixel ({h}, {w}) = {int(x[0, c, h, w])}, std {u_p.std():.2f}", fontsize=9)
-    axes[0, 0].set_ylabel("density"); axes[0, 0].legend(fontsize=7)
-    fig.tight_layout()
-    return fig, u

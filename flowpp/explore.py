@@ -9,25 +9,16 @@ from pathlib import Path
 
 import torch
 
-from .model import FlowPlusPlus, plot_image_grid
+from .model import FlowPlusPlus
 
 # %% auto #0
-__all__ = ['sample_images', 'temperature_explorer_update', 'interpolate', 'interpolation_explorer_update']
+__all__ = ['sample_images', 'interpolate']
 
 # %% ../nbs/12_explore.ipynb #2d34116e
 @torch.no_grad()
 def sample_images(model: FlowPlusPlus, n: int = 16, temperature: float = 1.0, seed: int = 0) -> torch.Tensor:
     "n samples at a temperature, reproducible from `seed` (the same z, scaled, for every temperature)."
     return model.sample(n, temperature, torch.Generator().manual_seed(seed))
-
-
-def temperature_explorer_update(model: FlowPlusPlus, temperature: float, seed: int = 0, ax=None) -> torch.Tensor:
-    "Draw 16 samples at `temperature` on `ax` (a new figure if None); return them. The widget's update function."
-    images = sample_images(model, 16, temperature, seed)
-    if ax is not None:
-        ax.clear()
-    plot_image_grid(images, 4, f"T = {temperature:.2f}", model.config.num_levels, ax=ax)
-    return images
 
 # %% ../nbs/12_explore.ipynb #65bf97dd
 @torch.no_grad()
@@ -36,13 +27,3 @@ def interpolate(model: FlowPlusPlus, x0: torch.Tensor, x1: torch.Tensor, steps: 
     z = model.encode(torch.stack((x0, x1)))  # (2, *latent)
     t = torch.linspace(0, 1, steps, dtype=z.dtype, device=z.device).view(-1, *[1] * (z.dim() - 1))
     return model.decode((1 - t) * z[0] + t * z[1])  # (steps, C, H, W)
-
-
-def interpolation_explorer_update(model: FlowPlusPlus, x0: torch.Tensor, x1: torch.Tensor, t: float, ax=None) -> torch.Tensor:
-    "Show x0, the image at z_t, and x1 side by side; return the middle one. The widget's update function."
-    z = model.encode(torch.stack((x0, x1)))
-    middle = model.decode((1 - t) * z[:1] + t * z[1:])
-    if ax is not None:
-        ax.clear()
-    plot_image_grid(torch.cat((x0[None], middle, x1[None])), 3, f"t = {t:.2f}", model.config.num_levels, ax=ax)
-    return middle[0]

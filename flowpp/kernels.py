@@ -21,7 +21,7 @@ except ImportError:
 
 # %% auto #0
 __all__ = ['TILE', 'INTERPRETER_TILE', 'MAX_SPAN', 'coupling_params', 'coupling_terms', 'component_partials', 'coupling_vjp',
-           'plot_inverse_agreement', 'coupling_forward', 'coupling_inverse', 'use_kernels']
+           'coupling_forward', 'coupling_inverse', 'use_kernels']
 
 # %% ../nbs/09a_kernels.ipynb #426111ad
 def coupling_params(
@@ -406,33 +406,6 @@ def _launch_inverse(y, p, components, iters, x, logdet):
         y, p, x, logdet, N, *sizes[1:], *_strides(y, order), *_strides(p, order, params=True), p.stride(2),
         *_strides(x, order), iters, _DEFAULT_TOL[torch.float32], RESIDUAL_ULPS * torch.finfo(torch.float32).eps,
         K=components, KP=KP, BLOCK=BLOCK, MIN_LS=MIN_LOGSCALE)
-
-# %% ../nbs/09a_kernels.ipynb #f563906e
-def plot_inverse_agreement(
-    x_kernel: Tensor,  # the kernel's inverse, any shape
-    x_reference: Tensor,  # solve_mixture_logit_cdf_fixed on the same targets
-    kappa: Tensor,  # the condition number of each element (mixture_inv_condition)
-    factor: float = 8.0,  # the bound drawn: |dx| / max(1, |x|) = factor eps (kappa + 1)
-):
-    "Relative difference of two inverses against eps (kappa + 1), with the line of the bound; returns the Figure."
-    import matplotlib.pyplot as plt
-    eps = torch.finfo(torch.float32).eps
-    xr = x_reference.detach().double().flatten().cpu()
-    diff = ((x_kernel.detach().double().flatten().cpu() - xr).abs() / xr.abs().clamp(min=1)).numpy()
-    scale = (eps * (kappa.detach().double().flatten().cpu() + 1)).numpy()
-    floor = eps / 64  # bitwise-equal elements are drawn on this line
-    fig, ax = plt.subplots(figsize=(5.5, 3.6))
-    equal = diff == 0
-    ax.loglog(scale[~equal], diff[~equal], ".", ms=3, color="C0", label="differ")
-    ax.loglog(scale[equal], [floor] * int(equal.sum()), ".", ms=3, color="C2", label=f"bitwise equal ({equal.mean():.0%})")
-    grid = [scale.min(), scale.max()]
-    ax.loglog(grid, [factor * g for g in grid], "k--", lw=1, label=f"{factor:g} eps (kappa + 1)")
-    ax.set_xlabel("eps (kappa + 1): the problem's sensitivity")
-    ax.set_ylabel("|x_kernel - x_ref| / max(1, |x|)")
-    ax.set_title("kernel inverse vs the reference solver, float32", fontsize=10)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
 
 # %% ../nbs/09a_kernels.ipynb #317ddb7c
 def _forward_op(x: Tensor, p: Tensor, components: int) -> tuple[Tensor, Tensor]:

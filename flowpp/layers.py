@@ -17,7 +17,7 @@ from .core import Flow
 # %% auto #0
 __all__ = ['INPUT_MARGIN', 'DATA_INIT_EPS', 'SPLITS', 'POINTWISE_INIT_NOISE', 'ImageToLogit', 'DataInitModule', 'data_init',
            'is_initialized', 'ActNorm', 'Split', 'StripeSplit', 'CheckerboardSplit', 'ChannelSplit', 'get_split',
-           'Squeeze', 'logabsdet', 'InvertibleConv1x1', 'plot_splits']
+           'Squeeze', 'logabsdet', 'InvertibleConv1x1']
 
 # %% ../nbs/03_layers.ipynb #d0f8ad2b
 INPUT_MARGIN = 0.05  # v/L in [0, 1] is mapped into [0.05, 0.95] so that the logit stays finite at the ends
@@ -268,27 +268,3 @@ class InvertibleConv1x1(Flow):
         # x = W^-1 y, with W^-1 from float64 and no host-side singularity check
         w_inv = torch.linalg.inv_ex(self.weight.double()).inverse
         return _apply_matrix(w_inv, y), self._logdet(y, -1)
-
-# %% ../nbs/03_layers.ipynb #4d135286
-def plot_splits(height: int = 8, width: int = 8):
-    "Which pixels each split puts in the first (dark) and second (light) half, and the squeeze's channel layout."
-    import matplotlib.pyplot as plt
-    fig, axes = plt.subplots(1, 4, figsize=(11, 3))
-    ones = torch.ones(1, 2, height, width)
-    for ax, name in zip(axes[:3], ("checkerboard", "stripes", "channels")):
-        s = get_split(name)
-        a, b = s.split(ones)
-        mask = s.merge(a * 0, b)  # 0 where the first half is, 1 where the second is
-        shown = mask[0, 0] if name != "channels" else torch.cat((mask[0, 0], mask[0, 1]), 1)
-        ax.imshow(shown, cmap="Blues_r", vmin=-0.5, vmax=1.5)
-        ax.set_title(name if name != "channels" else "channels (2 channels side by side)", fontsize=9)
-        ax.set_xticks([]); ax.set_yticks([])
-    # colour each pixel by the channel the squeeze sends it to: 2 (i mod 2) + (j mod 2)
-    i, j = torch.meshgrid(torch.arange(height), torch.arange(width), indexing="ij")
-    target = (2 * (i % 2) + (j % 2)).float()
-    axes[3].imshow(target, cmap="viridis")
-    axes[3].set_title("squeeze: colour = output channel", fontsize=9)
-    axes[3].set_xticks([]); axes[3].set_yticks([])
-    fig.suptitle("dark = first half (conditions the coupling), light = second half (transformed)", fontsize=9)
-    fig.tight_layout()
-    return fig

@@ -14,11 +14,10 @@ from torch import Tensor
 from .core import Flow
 
 # %% auto #0
-__all__ = ['RESIDUAL_ULPS', 'FIXED_ITERS', 'INVERSE_METHODS', 'MIN_WEIGHT', 'logistic_log_pdf', 'logistic_log_cdf',
-           'mixture_log_terms', 'mixture_log_pdf', 'mixture_log_cdf', 'mixture_log_sf', 'mixture_logit_cdf',
-           'mixture_logit_cdf_with_logdet', 'sigmoid_logdet', 'logit_logdet', 'Sigmoid', 'Logit', 'mixture_inv_bracket',
-           'solve_mixture_logit_cdf', 'mixture_inv_condition', 'solve_mixture_logit_cdf_fixed', 'mixture_inv_logit_cdf',
-           'mixture_inv_cdf', 'plot_mixture', 'plot_inverse_convergence', 'mixture_explorer_update']
+__all__ = ['RESIDUAL_ULPS', 'FIXED_ITERS', 'INVERSE_METHODS', 'logistic_log_pdf', 'logistic_log_cdf', 'mixture_log_terms',
+           'mixture_log_pdf', 'mixture_log_cdf', 'mixture_log_sf', 'mixture_logit_cdf', 'mixture_logit_cdf_with_logdet',
+           'sigmoid_logdet', 'logit_logdet', 'Sigmoid', 'mixture_inv_bracket', 'solve_mixture_logit_cdf',
+           'mixture_inv_condition', 'solve_mixture_logit_cdf_fixed', 'mixture_inv_logit_cdf', 'mixture_inv_cdf']
 
 # %% ../nbs/02_logistic.ipynb #14716780
 def _logistic_terms(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -165,16 +164,6 @@ class Sigmoid(Flow):
 
     def inverse(self, y, cond=None):
         return torch.logit(y), logit_logdet(y).flatten(1).sum(1)  # (B, ...), (B,)
-
-
-class Logit(Flow):
-    "y = logit(x) elementwise for x in (0, 1); the inverse of `Sigmoid`."
-
-    def forward(self, x, cond=None):
-        return torch.logit(x), logit_logdet(x).flatten(1).sum(1)  # (B, ...), (B,)
-
-    def inverse(self, y, cond=None):
-        return torch.sigmoid(y), sigmoid_logdet(y).flatten(1).sum(1)  # (B, ...), (B,)
 
 # %% ../nbs/02_logistic.ipynb #b43a402d
 def mixture_inv_bracket(
@@ -413,115 +402,3 @@ def mixture_inv_cdf(
 ) -> Tensor:
     "x with F(x) = u: the inverse in logit space at logit(u)."
     return mixture_inv_logit_cdf(torch.logit(u), prior_logits, means, logscales, **kwargs)
-
-# %% ../nbs/02_logistic.ipynb #1765276d
-def plot_mixture(
-    prior_logits: Tensor,  # (K,)
-    means: Tensor,  # (K,)
-    logscales: Tensor,  # (K,)
-    y_level: float = 2.0,  # the logit-CDF level whose bracket is drawn in the third panel
-    n: int = 1000,  # grid points
-):
-    "pdf (with the weighted components), CDF and logit-CDF (with the component lines and one bracket) of a mixture."
-    import matplotlib.pyplot as plt
-    prior_logits, means, logscales = (t.detach().double().cpu() for t in (prior_logits, means, logscales))
-    with torch.no_grad():
-        # the plotted range holds F from 0.002 to 0.998
-        ends = mixture_inv_cdf(torch.tensor([0.002, 0.998], dtype=torch.float64), prior_logits, means, logscales)
-        pad = 0.05 * (ends[1] - ends[0])
-        x = torch.linspace(ends[0] - pad, ends[1] + pad, n, dtype=torch.float64)
-        log_cdf, log_sf, log_pdf = mixture_log_terms(x, prior_logits, means, logscales)
-        pi = torch.softmax(prior_logits, -1)
-        comp_pdf = pi * logistic_log_pdf(x[:, None], means, logscales).exp()  # (n, K)
-        comp_lines = (x[:, None] - means) * torch.exp(-logscales)  # (n, K): logit-CDF of each component
-        lo, hi = mixture_inv_bracket(torch.tensor(y_level, dtype=torch.float64), means, logscales)
-        root = mixture_inv_logit_cdf(torch.tensor(y_level, dtype=torch.float64), prior_logits, means, logscales)
-    fig, axes = plt.subplots(1, 3, figsize=(12, 3.2))
-    axes[0].plot(x, log_pdf.exp(), "k", lw=2, label="mixture")
-    axes[0].plot(x, comp_pdf, "--", lw=1)
-    axes[0].set_title("density p(x)  (dashed: $\\pi_k p_k$)")
-    axes[1].plot(x, log_cdf.exp(), "k", lw=2)
-    axes[1].set_title("CDF F(x)")
-    axes[2].plot(x, comp_lines, "--", lw=1)
-    axes[2].plot(x, log_cdf - log_sf, "k", lw=2, label="logit F(x)")
-    span = (log_cdf - log_sf).abs().max().item() + 1
-    axes[2].set_ylim(-span, span)
-    axes[2].axhline(y_level, color="gray", lw=0.8)
-    axes[2].axvspan(lo.item(), hi.item(), color="C1", alpha=0.15, label=f"bracket for y = {y_level:g}")
-    axes[2].plot([root.item()], [y_level], "o", color="C3", label="root")
-    axes[2].set_title("logit F(x)  (dashed: $(x - \\mu_k)/s_k$)")
-    axes[2].legend(fontsize=8, loc="upper left")
-    for ax in axes:
-        ax.set_xlabel("x")
-    fig.tight_layout()
-    return fig
-
-# %% ../nbs/02_logistic.ipynb #5179bca4
-def plot_inverse_convergence(
-    n: int = 512,  # problems in the batch (before dropping the ill-determined ones)
-    K: int = 32,  # components per mixture
-    seed: int = 0,  # fixes the batch
-):
-    "Error vs iteration of bisection and bracketed Newton on hard float64 cases; returns (Figure, errors by method)."
-    import matplotlib.pyplot as plt
-    g = torch.Generator().manual_seed(seed)
-    f64 = dict(dtype=torch.float64)
-    prior_logits = torch.randn(n, K, generator=g, **f64) * 2
-    means = torch.rand(n, K, generator=g, **f64) * 20 - 10
-    logscales = torch.rand(n, K, generator=g, **f64) * 12 - 7
-    x_true = torch.rand(n, generator=g, **f64) * 60 - 30
-    tails = torch.rand(n, generator=g) < 0.25
-    x_true = torch.where(tails, x_true.sign() * (100 + torch.rand(n, generator=g, **f64) * 900), x_true)
-    keep = torch.finfo(torch.float64).eps * mixture_inv_condition(x_true, prior_logits, means, logscales) <= 1e-13
-    prior_logits, means, logscales, x_true = prior_logits[keep], means[keep], logscales[keep], x_true[keep]
-    y = mixture_logit_cdf(x_true, prior_logits, means, logscales)
-    errors = {}
-    for method in ("bisect", "newton"):
-        trace = []
-        solve_mixture_logit_cdf(y, prior_logits, means, logscales, method=method, trace=trace)
-        # |x_i - x*| / max(1, |x*|), the measure both methods' tolerance uses
-        errors[method] = (torch.stack(trace) - x_true).abs() / x_true.abs().clamp(min=1)  # (iterations + 1, n_kept)
-    fig, ax = plt.subplots(figsize=(6, 3.5))
-    for (method, err), color in zip(errors.items(), ("C0", "C3")):
-        it = range(err.shape[0])
-        # floor at 1e-17 so that exact answers (error 0) show on the log axis
-        ax.semilogy(it, err.median(1).values.clamp(min=1e-17), color=color, label=f"{method}: median")
-        ax.semilogy(it, err.max(1).values.clamp(min=1e-17), "--", color=color, label=f"{method}: worst")
-    ax.axhline(1e-10, color="gray", lw=0.8)
-    ax.set_xlabel("iteration")
-    ax.set_ylabel("|x - x*| / max(1, |x*|)")
-    ax.set_title(f"inverting a K={K} logistic mixture CDF ({int(keep.sum())} hard float64 cases)")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig, errors
-
-# %% ../nbs/02_logistic.ipynb #30e6fbaa
-# A weight slider at 0 gives a log-weight of -inf; if all three sit at 0 the mixture is undefined. Weights are
-# floored here, far below what a slider can resolve, so the explorer always draws a valid mixture.
-MIN_WEIGHT = 1e-6
-
-
-def mixture_explorer_update(
-    weights: list[float],  # mixture weights (need not sum to 1; normalised here)
-    means: list[float],  # mu_k
-    logscales: list[float],  # log s_k
-    ax_pdf=None,  # matplotlib axes for the density, or None to skip drawing
-    ax_cdf=None,  # matplotlib axes for the CDF, or None to skip drawing
-    x: Tensor | None = None,  # grid to evaluate on; default 801 points on [-10, 10]
-) -> dict[str, Tensor]:
-    "Evaluate (and draw, when axes are given) the pdf and CDF of the mixture set by the sliders; returns x, pdf, cdf."
-    x = torch.linspace(-10, 10, 801, dtype=torch.float64) if x is None else x
-    w = torch.tensor(weights, dtype=x.dtype).clamp(min=MIN_WEIGHT)
-    mu, ls = torch.tensor(means, dtype=x.dtype), torch.tensor(logscales, dtype=x.dtype)
-    log_cdf, _, log_pdf = mixture_log_terms(x, w.log(), mu, ls)
-    curves = dict(x=x, pdf=log_pdf.exp(), cdf=log_cdf.exp())
-    for ax, key in ((ax_pdf, "pdf"), (ax_cdf, "cdf")):
-        if ax is not None:
-            ax.clear()
-            ax.plot(x, curves[key], "k")
-            ax.set_xlabel("x")
-            ax.set_title({"pdf": "density p(x)", "cdf": "CDF F(x)"}[key])
-    if ax_pdf is not None:
-        comp = (w / w.sum()) * logistic_log_pdf(x[:, None], mu, ls).exp()  # (n, 3)
-        ax_pdf.plot(x, comp, "--", lw=1)
-    return curves

@@ -6,6 +6,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib
 import math
 import typing
 from dataclasses import asdict, dataclass, field, fields, replace
@@ -15,12 +16,12 @@ from torch import nn
 
 from .core import Flow, method_of, tf32_allowed, SequentialFlow, nats_to_bpd, standard_normal_logprob
 from .coupling import CouplingStage, coupling_stage
-from .dequantization import UniformDequantizer, log_importance_weights, log_mean_exp
+from .bounds import UniformDequantizer, log_importance_weights, log_mean_exp
 from .dequantizer import VariationalDequantizer, parse_stage, variational_dequantizer
 from .layers import ActNorm, DataInitModule, ImageToLogit, InvertibleConv1x1, Squeeze, data_init, get_split
 
 # %% auto #0
-__all__ = ['CONFIGS', 'FlowPlusPlusConfig', 'get_config', 'FlowPlusPlus', 'parameter_table', 'plot_image_grid']
+__all__ = ['CONFIGS', 'FlowPlusPlusConfig', 'get_config', 'FlowPlusPlus', 'parameter_table']
 
 # %% ../nbs/07_model.ipynb #f9e7443e
 def _latent_shape(image_shape: tuple[int, int, int],  # (C, H, W)
@@ -377,18 +378,9 @@ def parameter_table(model: FlowPlusPlus) -> list[tuple[str, int]]:
     assert rows["total"] == sum(v for k, v in rows.items() if k != "total"), "every parameter belongs to a component"
     return list(rows.items())
 
-# %% ../nbs/07_model.ipynb #8a19e423
-def plot_image_grid(images: torch.Tensor, nrow: int = 8, title: str = "", num_levels: int = 256, ax=None):
-    "Show uint8 images (B, C, H, W) as one grid; returns the figure."
-    import matplotlib.pyplot as plt
-    B, C, H, W = images.shape
-    ncol = math.ceil(B / nrow)
-    grid = torch.zeros(C, ncol * (H + 1), nrow * (W + 1))
-    for i, img in enumerate(images.float() / (num_levels - 1)):
-        r, c = divmod(i, nrow)
-        grid[:, r * (H + 1):r * (H + 1) + H, c * (W + 1):c * (W + 1) + W] = img
-    if ax is None:
-        fig, ax = plt.subplots(figsize=(nrow * 0.6 + 0.5, ncol * 0.6 + 0.5))
-    ax.imshow(grid.permute(1, 2, 0).squeeze(-1).numpy(), cmap="gray" if C == 1 else None, vmin=0, vmax=1)
-    ax.set_title(title, fontsize=9); ax.axis("off")
-    return ax.figure
+# %% ../nbs/07_model.ipynb #1aea1e94
+def __getattr__(name: str):
+    "`flowpp.model.plot_image_grid`, the old import path of `flowpp.plotting.plot_image_grid`: loaded on first use."
+    if name == "plot_image_grid":
+        return importlib.import_module("flowpp.plotting").plot_image_grid
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -26,7 +26,8 @@ from tqdm.auto import tqdm
 from .core import method_of, save_figure
 from .data import ImageDataset, batches, eval_batches, load_dataset
 from .fast import COMPILE_SCOPES, FastPath, TrainStep
-from .model import FlowPlusPlus, FlowPlusPlusConfig, get_config, plot_image_grid
+from .model import FlowPlusPlus, FlowPlusPlusConfig, get_config
+from .plotting import plot_image_grid
 
 # %% auto #0
 __all__ = ['TRAIN_PRESETS', 'CHECKPOINT_FORMAT', 'DATA_ON_DEVICE_FRACTION', 'TrainConfig', 'fast_path_for', 'init_distributed',
