@@ -54,7 +54,7 @@ class Conv2d(DataInitModule):
     def data_init(self, x):
         y = F.conv2d(x, self.weight, padding=self.padding)  # (B, O, H, W)
         mean, var = y.mean((0, 2, 3)), y.var((0, 2, 3), unbiased=False)
-        # s = init_scale / sqrt(Var + eps): W <- W s, b <- -E s
+        # scale = init_scale / sqrt(Var + eps): W <- W scale, b <- -E scale
         scale = self.init_scale / torch.sqrt(var + DATA_INIT_EPS)
         if self.weight_norm:
             self.g.mul_(scale)
@@ -87,9 +87,9 @@ class ChannelLayerNorm(nn.LayerNorm):
 
 # %% ../nbs/04_attention.ipynb #963d91b7
 class GatedConv(nn.Module):
-    "h + a * sigmoid(g), [a, g] = nin(dropout(concat_elu(conv3x3(concat_elu(h)) + nin(concat_elu(ctx)))))."
+    "h + value * sigmoid(gate), [value, gate] = nin(dropout(concat_elu(conv3x3(concat_elu(h)) + nin(concat_elu(ctx)))))."
 
-    def __init__(self, filters: int,  # F, channels in and out
+    def __init__(self, filters: int,  # n_f, channels in and out
                  context_channels: int = 0,  # channels of the optional context input (0: none)
                  use_nin: bool = True,  # 1x1 (True) or 3x3 (False) convolution for the gated output
                  dropout: float = 0.0,
@@ -104,20 +104,20 @@ class GatedConv(nn.Module):
         if (context is None) != (self.context_proj is None):
             raise ValueError("GatedConv was built " + ("with" if self.context_proj is not None else "without")
                              + " a context input but called " + ("without" if context is None else "with") + " one")
-        c1 = self.c1(concat_elu(h))  # (B, F, H, W)
+        c1 = self.c1(concat_elu(h))  # (B, n_f, H, W)
         if context is not None:
             c1 = c1 + self.context_proj(concat_elu(context))
-        c2 = self.c2(self.dropout(concat_elu(c1)))  # (B, 2F, H, W)
-        # h + a * sigmoid(g)
-        a, g = c2.chunk(2, dim=1)
-        return h + a * torch.sigmoid(g)
+        c2 = self.c2(self.dropout(concat_elu(c1)))  # (B, 2n_f, H, W)
+        # h + value * sigmoid(gate)
+        value, gate = c2.chunk(2, dim=1)
+        return h + value * torch.sigmoid(gate)
 
 # %% ../nbs/04_attention.ipynb #5474c429
 POS_EMB_INIT_STD = 0.01  # the official init of the learned positional embedding
 
 
 class GatedAttention(nn.Module):
-    "h + a * sigmoid(g), [a, g] = nin(dropout(MultiHeadSelfAttention(h + pos_emb)))."
+    "h + value * sigmoid(gate), [value, gate] = nin(dropout(MultiHeadSelfAttention(h + pos_emb)))."
 
     def __init__(self, filters: int, heads: int = 4, dropout: float = 0.0, weight_norm: bool = False):
         super().__init__()
@@ -131,7 +131,7 @@ class GatedAttention(nn.Module):
     def qkv(self, h, pos_emb):
         "Queries, keys and values, each (B, heads, T, d)."
         B, C, H, W = h.shape
-        qkv = self.proj_qkv(h + pos_emb)  # (B, 3F, H, W)
+        qkv = self.proj_qkv(h + pos_emb)  # (B, 3n_f, H, W)
         # (B, 3, heads, d, T) -> (3, B, heads, T, d)
         qkv = qkv.reshape(B, 3, self.heads, C // self.heads, H * W).permute(1, 0, 2, 4, 3)
         return qkv[0], qkv[1], qkv[2]
@@ -145,12 +145,12 @@ class GatedAttention(nn.Module):
     def forward(self, h, pos_emb):
         B, C, H, W = h.shape
         q, k, v = self.qkv(h, pos_emb)
-        a = F.scaled_dot_product_attention(q, k, v)  # (B, heads, T, d)
+        att = F.scaled_dot_product_attention(q, k, v)  # (B, heads, T, d)
         # merge heads: (B, heads, T, d) -> (B, heads * d, H, W)
-        a = a.permute(0, 1, 3, 2).reshape(B, C, H, W)
-        c = self.proj_out(self.dropout(a))  # (B, 2F, H, W)
-        a, g = c.chunk(2, dim=1)
-        return h + a * torch.sigmoid(g)
+        att = att.permute(0, 1, 3, 2).reshape(B, C, H, W)
+        c = self.proj_out(self.dropout(att))  # (B, 2n_f, H, W)
+        value, gate = c.chunk(2, dim=1)
+        return h + value * torch.sigmoid(gate)
 
 # %% ../nbs/04_attention.ipynb #31297ca6
 class GatedPointwiseMLP(nn.Module):
@@ -164,10 +164,10 @@ class GatedPointwiseMLP(nn.Module):
 
     def forward(self, h, pos_emb):
         B, C, H, W = h.shape
-        # c_f = max_g nin(h + P)_{3f+g}
-        c = self.proj_qkv(h + pos_emb).reshape(B, C, 3, H, W).amax(2)  # (B, F, H, W)
-        a, g = self.proj_out(self.dropout(c)).chunk(2, dim=1)
-        return h + a * torch.sigmoid(g)
+        # c_f = max_g nin(h + E)_{3f+g}
+        c = self.proj_qkv(h + pos_emb).reshape(B, C, 3, H, W).amax(2)  # (B, n_f, H, W)
+        value, gate = self.proj_out(self.dropout(c)).chunk(2, dim=1)
+        return h + value * torch.sigmoid(gate)
 
 # %% ../nbs/04_attention.ipynb #4401a620
 MIXERS = {"attention": GatedAttention, "pointwise": GatedPointwiseMLP}
@@ -205,9 +205,9 @@ class Conditioner(nn.Module):
         self.proj_out = Conv2d(2 * filters if head_concat_elu else filters, out_channels, 3, init_scale=init_scale, **wn)
 
     def forward(self, x, context=None):
-        h = self.proj_in(x)  # (B, F, H, W)
+        h = self.proj_in(x)  # (B, n_f, H, W)
         for i in range(len(self.convs)):
-            # h <- LN(h + GatedConv(h, ctx));  h <- LN(h + GatedAttn(h + P))
+            # h <- LN(h + GatedConv(h, ctx));  h <- LN(h + GatedAttn(h + E))
             h = self.norms1[i](self.convs[i](h, context))
             if self.mixers is not None:
                 h = self.norms2[i](self.mixers[i](h, self.pos_emb))

@@ -26,13 +26,13 @@ def unit_cell_quadrature(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     "Tensor-product Gauss-Legendre rule on the unit cube: nodes `u` (N, D) and `log_w` (N,) with sum(exp(log_w)) = 1."
     t, w = np.polynomial.legendre.leggauss(num_nodes)  # nodes in (-1, 1), weights summing to 2
-    # panel p covers [p/P, (p+1)/P]:  u = (p + (t+1)/2) / P,  weight = w / (2P)
+    # panel r covers [r/G, (r+1)/G]:  u = (r + (t+1)/2) / G,  weight = w / (2G)
     left = np.arange(num_panels)[:, None]
-    nodes_1d = ((left + (t + 1) / 2) / num_panels).reshape(-1)  # (P*n,)
-    log_w_1d = np.log(np.tile(w / (2 * num_panels), num_panels))  # (P*n,)
+    nodes_1d = ((left + (t + 1) / 2) / num_panels).reshape(-1)  # (G*n,)
+    log_w_1d = np.log(np.tile(w / (2 * num_panels), num_panels))  # (G*n,)
     as_tensor = lambda a: torch.as_tensor(a, dtype=dtype, device=device)
     # the D-fold tensor product: u_n = (u_{n_1}, ..., u_{n_D}),  log w_n = sum_d log w_{n_d}
-    u = torch.cartesian_prod(*[as_tensor(nodes_1d)] * num_dims).reshape(-1, num_dims)  # (N, D), N = (P*n)^D
+    u = torch.cartesian_prod(*[as_tensor(nodes_1d)] * num_dims).reshape(-1, num_dims)  # (N, D), N = (G*n)^D
     log_w = torch.cartesian_prod(*[as_tensor(log_w_1d)] * num_dims).reshape(-1, num_dims).sum(-1)  # (N,)
     return u, log_w
 
@@ -47,10 +47,10 @@ def log_prob_by_quadrature(
     B, D = x.shape
     u, log_w = unit_cell_quadrature(D, num_nodes, num_panels, dtype=x.dtype, device=x.device)  # (N, D), (N,)
     N = u.shape[0]
-    y = x[None, :, :] + u[:, None, :]  # (N, B, D)
-    log_py = log_p(y.reshape(N * B, D)).reshape(N, B)
+    v = x[None, :, :] + u[:, None, :]  # (N, B, D)
+    log_pv = log_p(v.reshape(N * B, D)).reshape(N, B)
     # log P(x) = log sum_n w_n p(x + u_n)
-    return torch.logsumexp(log_w[:, None] + log_py, dim=0)  # (B,)
+    return torch.logsumexp(log_w[:, None] + log_pv, dim=0)  # (B,)
 
 # %% ../nbs/01_bounds.ipynb #7f74b087
 class UniformDequantizer(nn.Module):
@@ -82,19 +82,19 @@ class UniformDequantizer(nn.Module):
 
 
 def log_importance_weights(
-    log_p: Callable[[torch.Tensor], torch.Tensor],  # the continuous model: y (M, ...) -> log p(y) (M,)
+    log_p: Callable[[torch.Tensor], torch.Tensor],  # the continuous model: v (M, ...) -> log p(v) (M,)
     x: torch.Tensor,  # discrete data as floats, (B, ...)
     sample_q: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],  # x (M, ...) -> (u (M, ...), log q(u|x) (M,))
-    num_samples: int = 1,  # K: noise draws per example
-    chunk_size: int | None = None,  # draws evaluated per call of log_p (bounds memory); default all K at once
+    num_samples: int = 1,  # S: noise draws per example
+    chunk_size: int | None = None,  # draws evaluated per call of log_p (bounds memory); default all S at once
 ) -> torch.Tensor:
-    "log w_k = log p(x + u_k) - log q(u_k | x) for K independent draws u_k ~ q(.|x): shaped (K, B)."
+    "log w_j = log p(x + u_j) - log q(u_j | x) for S independent draws u_j ~ q(.|x): shaped (S, B)."
     B = x.shape[0]
     chunk_size = chunk_size or num_samples
     chunks = []
     for start in range(0, num_samples, chunk_size):
         k = min(chunk_size, num_samples - start)
-        x_rep = x.repeat(k, *([1] * (x.dim() - 1)))  # (k*B, ...): row j*B + b holds example b
+        x_rep = x.repeat(k, *([1] * (x.dim() - 1)))  # (k*B, ...): row j*B + i holds example i
         u, log_q = sample_q(x_rep)  # (k*B, ...), (k*B,)
         if u.shape != x_rep.shape or log_q.shape != (k * B,):
             raise ValueError(f"sample_q must return u shaped {tuple(x_rep.shape)} and log_q shaped ({k * B},), "
@@ -102,27 +102,27 @@ def log_importance_weights(
         # log w = log p(x + u) - log q(u|x)
         log_w = log_p(x_rep + u) - log_q  # (k*B,)
         chunks.append(log_w.reshape(k, B))
-    return torch.cat(chunks, dim=0)  # (K, B)
+    return torch.cat(chunks, dim=0)  # (S, B)
 
 
 def dequantization_bound(
-    log_p: Callable[[torch.Tensor], torch.Tensor],  # the continuous model: y (M, ...) -> (M,)
+    log_p: Callable[[torch.Tensor], torch.Tensor],  # the continuous model: v (M, ...) -> (M,)
     x: torch.Tensor,  # discrete data as floats, (B, ...)
     sample_q: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],  # dequantizer: x -> (u, log q(u|x))
-    num_samples: int = 1,  # K draws averaged (an unbiased estimate of the same bound, with less variance)
+    num_samples: int = 1,  # S draws averaged (an unbiased estimate of the same bound, with less variance)
     chunk_size: int | None = None,  # draws per call of log_p
 ) -> torch.Tensor:
     "Monte Carlo estimate of the dequantization lower bound E_q[log p(x+u) - log q(u|x)] <= log P(x): (B,)."
-    # L(x) ~= (1/K) sum_k log w_k
+    # L(x) ~= (1/S) sum_j log w_j
     return log_importance_weights(log_p, x, sample_q, num_samples, chunk_size).mean(0)
 
 # %% ../nbs/01_bounds.ipynb #e86191e3
 def log_mean_exp(
     log_w: torch.Tensor,  # log weights, any shape
-    dim: int = 0,  # dimension to average over (K)
+    dim: int = 0,  # dimension to average over (S)
     keepdim: bool = False,  # keep the reduced dimension, as size 1
 ) -> torch.Tensor:
-    "log((1/K) sum_k exp(log_w_k)) along `dim`, computed stably in float64 and returned in log_w's dtype."
-    K = log_w.shape[dim]
-    # log (1/K) sum_k e^{a_k} = m + log sum_k e^{a_k - m} - log K,  m = max_k a_k
-    return (torch.logsumexp(log_w.double(), dim=dim, keepdim=keepdim) - math.log(K)).to(log_w.dtype)
+    "log((1/S) sum_j exp(log_w_j)) along `dim`, computed stably in float64 and returned in log_w's dtype."
+    S = log_w.shape[dim]
+    # log (1/S) sum_j w_j = m + log sum_j e^{log w_j - m} - log S,  m = max_j log w_j
+    return (torch.logsumexp(log_w.double(), dim=dim, keepdim=keepdim) - math.log(S)).to(log_w.dtype)

@@ -40,7 +40,7 @@ class SequentialFlow(Flow):
     def forward(self, x, cond=None):
         logdet = x.new_zeros(x.shape[0])  # (B,)
         for f in self.flows:
-            # log|det J_{f_L o ... o f_1}| = sum_l log|det J_{f_l}|
+            # log|det J_{f_N o ... o f_1}| = sum_l log|det J_{f_l}|
             x, ld = f(x, cond)
             logdet = logdet + ld
         return x, logdet

@@ -33,12 +33,12 @@ class Coupling(Flow):
         self.net = Conditioner(cond_channels, channels * params_per_dim, height, width, **conditioner)
 
     def params(self, cond) -> torch.Tensor:
-        "The conditioner's output, (B, C, P, H, W) with P = params_per_dim."
+        "The conditioner's output, (B, C, params_per_dim, H, W)."
         x_cond, context = cond if isinstance(cond, tuple) else (cond, None)
         if x_cond is None:
             raise ValueError(f"{type(self).__name__} needs cond: the conditioning half (or a tuple (half, context))")
         # under autocast the network may run in bfloat16; the coupling arithmetic uses the flow's dtype
-        out = self.net(x_cond, context).to(x_cond.dtype)  # (B, C*P, H, W)
+        out = self.net(x_cond, context).to(x_cond.dtype)  # (B, C * params_per_dim, H, W)
         B, _, H, W = out.shape
         return out.view(B, self.channels, self.params_per_dim, H, W)
 
@@ -50,8 +50,8 @@ class AffineCoupling(Coupling):
         super().__init__(channels, cond_channels, height, width, 2, **conditioner)
 
     def _scale_shift(self, cond):
-        p = self.params(cond)  # (B, C, 2, H, W)
-        return torch.tanh(p[:, :, 0]), p[:, :, 1]
+        theta = self.params(cond)  # (B, C, 2, H, W)
+        return torch.tanh(theta[:, :, 0]), theta[:, :, 1]
 
     def forward(self, x, cond=None):
         a, b = self._scale_shift(cond)
@@ -64,7 +64,7 @@ class AffineCoupling(Coupling):
 
 
 class MixLogisticCoupling(Coupling):
-    "y = logit(MixLogCDF(x; pi, mu, s)) * exp(a) + b, with K logistic components per element (Flow++)."
+    "y = logit(F(x)) * exp(a) + b, F the CDF of K logistics (weights pi_k, means mu_k, log-scales s_k) per element (Flow++)."
 
     def __init__(self, channels, cond_channels, height, width, components: int = 32, **conditioner):
         super().__init__(channels, cond_channels, height, width, 2 + 3 * components, **conditioner)
@@ -90,7 +90,7 @@ class MixLogisticCoupling(Coupling):
             from flowpp.kernels import coupling_forward
             return coupling_forward(x, p, self.components)
         a, b, *mixture = self.split_params(p)
-        # h = logit F(x);  log dh/dx = log p - log F - log(1 - F)
+        # h = logit F(x);  log dh/dx = log F' - log F - log(1 - F)
         h, log_dh = mixture_logit_cdf_with_logdet(x, *mixture)
         # y = h e^a + b;  log dy/dx = log dh/dx + a
         return h * a.exp() + b, log_dh + a
@@ -126,24 +126,24 @@ class CouplingStep(nn.Module):
         self.convs = nn.ModuleList(InvertibleConv1x1(channels) for _ in range(2)) if pointwise else None
         self.coupling = coupling
 
-    def forward(self, a, b, cond=None):
-        "(a, b) -> (a', b', logdet): actnorm and 1x1 conv on both halves, then b' = coupling(b | a, cond)."
-        (a, la), (b, lb) = self.norms[0](a), self.norms[1](b)
-        logdet = la + lb  # (B,)
+    def forward(self, x1, x2, cond=None):
+        "(x1, x2) -> (x1', x2', logdet): actnorm and 1x1 conv on both halves, then x2' = coupling(x2 | x1, cond)."
+        (x1, l1), (x2, l2) = self.norms[0](x1), self.norms[1](x2)
+        logdet = l1 + l2  # (B,)
         if self.convs is not None:
-            (a, la), (b, lb) = self.convs[0](a), self.convs[1](b)
-            logdet = logdet + la + lb
-        b, lc = self.coupling(b, (a, cond))
-        return a, b, logdet + lc
+            (x1, l1), (x2, l2) = self.convs[0](x1), self.convs[1](x2)
+            logdet = logdet + l1 + l2
+        x2, lc = self.coupling(x2, (x1, cond))
+        return x1, x2, logdet + lc
 
-    def inverse(self, a, b, cond=None):
-        "The inverse of `forward`: (a', b') -> (a, b, logdet of the inverse)."
-        b, logdet = self.coupling.inverse(b, (a, cond))
+    def inverse(self, x1, x2, cond=None):
+        "The inverse of `forward`: (x1', x2') -> (x1, x2, logdet of the inverse)."
+        x2, logdet = self.coupling.inverse(x2, (x1, cond))
         if self.convs is not None:
-            (a, la), (b, lb) = self.convs[0].inverse(a), self.convs[1].inverse(b)
-            logdet = logdet + la + lb
-        (a, la), (b, lb) = self.norms[0].inverse(a), self.norms[1].inverse(b)
-        return a, b, logdet + la + lb
+            (x1, l1), (x2, l2) = self.convs[0].inverse(x1), self.convs[1].inverse(x2)
+            logdet = logdet + l1 + l2
+        (x1, l1), (x2, l2) = self.norms[0].inverse(x1), self.norms[1].inverse(x2)
+        return x1, x2, logdet + l1 + l2
 
 
 class CouplingStage(Flow):
@@ -155,22 +155,22 @@ class CouplingStage(Flow):
         self.steps = nn.ModuleList(steps)
 
     def forward(self, x, cond=None):
-        a, b = self.split.split(x)
+        x1, x2 = self.split.split(x)
         logdet = x.new_zeros(x.shape[0])  # (B,)
         for step in self.steps:
-            a, b, ld = step(a, b, cond)
+            x1, x2, ld = step(x1, x2, cond)
             logdet = logdet + ld
-            a, b = b, a  # the next step transforms the other half
-        return self.split.merge(a, b), logdet
+            x1, x2 = x2, x1  # the next step transforms the other half
+        return self.split.merge(x1, x2), logdet
 
     def inverse(self, y, cond=None):
-        a, b = self.split.split(y)
+        x1, x2 = self.split.split(y)
         logdet = y.new_zeros(y.shape[0])
         for step in reversed(self.steps):
-            a, b = b, a
-            a, b, ld = step.inverse(a, b, cond)
+            x1, x2 = x2, x1
+            x1, x2, ld = step.inverse(x1, x2, cond)
             logdet = logdet + ld
-        return self.split.merge(a, b), logdet
+        return self.split.merge(x1, x2), logdet
 
 
 def coupling_stage(split: Split, steps: int,

@@ -40,8 +40,8 @@ class ContextNet(nn.Module):
         self.norms2 = nn.ModuleList(ChannelLayerNorm(channels) for _ in range(blocks)) if attention else None
 
     def forward(self, x):
-        a, b = self.split.split(x / self.num_levels - 0.5)
-        h = self.proj(torch.cat((a, b), dim=1))  # (B, ctx, H_h, W_h)
+        x1, x2 = self.split.split(x / self.num_levels - 0.5)
+        h = self.proj(torch.cat((x1, x2), dim=1))  # (B, ctx, H_h, W_h)
         for i in range(len(self.convs)):
             h = self.convs[i](h)
             if self.norms1 is not None:

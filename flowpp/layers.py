@@ -34,9 +34,9 @@ class ImageToLogit(Flow):
         self.scale = (1 - 2 * INPUT_MARGIN) / num_levels  # 0.9 / L
 
     def forward(self, v, cond=None):
-        # p = 0.05 + 0.9 v / L;  h = logit(p)
-        p = INPUT_MARGIN + self.scale * v
-        h = torch.log(p) - torch.log1p(-p)
+        # r = 0.05 + 0.9 v / L;  h = logit(r)
+        r = INPUT_MARGIN + self.scale * v
+        h = torch.log(r) - torch.log1p(-r)
         # log|dh/dv| = log(0.9/L) + softplus(h) + softplus(-h), summed over C, H, W
         logdet = math.log(self.scale) + F.softplus(h) + F.softplus(-h)
         return h, logdet.flatten(1).sum(1)
@@ -128,7 +128,7 @@ class Split:
     def split(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         raise NotImplementedError
 
-    def merge(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def merge(self, x1: torch.Tensor, x2: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     def half_shape(self, channels: int, height: int, width: int) -> tuple[int, int, int]:
@@ -154,9 +154,9 @@ class StripeSplit(Split):
         x = x.reshape(B, C, H, W // 2, 2)  # (B, C, H, W/2, 2): last dim is column parity
         return x[..., 0], x[..., 1]
 
-    def merge(self, a, b):
-        B, C, H, Wh = a.shape
-        return torch.stack((a, b), dim=-1).reshape(B, C, H, 2 * Wh)
+    def merge(self, x1, x2):
+        B, C, H, Wh = x1.shape
+        return torch.stack((x1, x2), dim=-1).reshape(B, C, H, 2 * Wh)
 
     def half_shape(self, channels, height, width):
         return channels, height, width // 2
@@ -167,17 +167,17 @@ class CheckerboardSplit(StripeSplit):
     name = "checkerboard"
 
     @staticmethod
-    def _swap_odd_rows(a, b):
+    def _swap_odd_rows(x1, x2):
         # in even rows the even column has i + j even; in odd rows the odd column does
-        odd = (torch.arange(a.shape[2], device=a.device) % 2 == 1).view(-1, 1)  # (H, 1)
-        return torch.where(odd, b, a), torch.where(odd, a, b)
+        odd = (torch.arange(x1.shape[2], device=x1.device) % 2 == 1).view(-1, 1)  # (H, 1)
+        return torch.where(odd, x2, x1), torch.where(odd, x1, x2)
 
     def split(self, x):
         _check_even(x, 3, "checkerboard")
         return self._swap_odd_rows(*super().split(x))
 
-    def merge(self, a, b):
-        return super().merge(*self._swap_odd_rows(a, b))
+    def merge(self, x1, x2):
+        return super().merge(*self._swap_odd_rows(x1, x2))
 
 
 class ChannelSplit(Split):
@@ -188,8 +188,8 @@ class ChannelSplit(Split):
         _check_even(x, 1, "channel")
         return x.chunk(2, dim=1)
 
-    def merge(self, a, b):
-        return torch.cat((a, b), dim=1)
+    def merge(self, x1, x2):
+        return torch.cat((x1, x2), dim=1)
 
     def half_shape(self, channels, height, width):
         return channels // 2, height, width

@@ -31,19 +31,19 @@ def _logistic_terms(z: Tensor) -> tuple[Tensor, Tensor, Tensor]:
 def logistic_log_pdf(
     x: Tensor,  # points, any shape
     mean: Tensor,  # mu, broadcastable against x
-    logscale: Tensor,  # log s, broadcastable against x
+    logscale: Tensor,  # s, the log-scale, broadcastable against x
 ) -> Tensor:
     "log density of the logistic distribution with mean `mean` and scale exp(`logscale`)."
-    # z = (x - mu) / s
+    # z = (x - mu) e^{-s}
     z = (x - mean) * torch.exp(-logscale)
-    # log p(x) = -|z| - 2 log(1 + e^{-|z|}) - log s
+    # log F'(x) = -|z| - 2 log(1 + e^{-|z|}) - s
     return _logistic_terms(z)[2] - logscale
 
 
 def logistic_log_cdf(
     x: Tensor,  # points, any shape
     mean: Tensor,  # mu, broadcastable against x
-    logscale: Tensor,  # log s, broadcastable against x
+    logscale: Tensor,  # s, the log-scale, broadcastable against x
 ) -> Tensor:
     "log CDF of the logistic distribution: log sigma((x - mean) / exp(logscale))."
     # log F(x) = log sigma(z) = -softplus(-z)
@@ -54,18 +54,18 @@ def mixture_log_terms(
     x: Tensor,  # points, shape (...)
     prior_logits: Tensor,  # unnormalised log weights, shape (..., K)
     means: Tensor,  # mu_k, shape (..., K)
-    logscales: Tensor,  # log s_k, shape (..., K)
+    logscales: Tensor,  # s_k, log-scales, shape (..., K)
 ) -> tuple[Tensor, Tensor, Tensor]:
-    "(log F(x), log(1 - F(x)), log p(x)) of the logistic mixture, sharing one pass over the K components."
+    "(log F(x), log(1 - F(x)), log F'(x)) of the logistic mixture, sharing one pass over the K components."
     log_pi = torch.log_softmax(prior_logits, dim=-1)  # (..., K)
-    # z_k = (x - mu_k) / s_k
+    # z_k = (x - mu_k) e^{-s_k}
     z = (x.unsqueeze(-1) - means) * torch.exp(-logscales)  # (..., K)
     log_cdf_k, log_sf_k, log_pdf_k = _logistic_terms(z)  # (..., K) each
     # log F = LSE_k(log pi_k + log sigma(z_k))
     log_cdf = torch.logsumexp(log_pi + log_cdf_k, dim=-1)  # (...)
     # log(1 - F) = LSE_k(log pi_k + log sigma(-z_k))
     log_sf = torch.logsumexp(log_pi + log_sf_k, dim=-1)  # (...)
-    # log p = LSE_k(log pi_k + log sigma(z_k) sigma(-z_k) - log s_k)
+    # log F' = LSE_k(log pi_k + log sigma(z_k) sigma(-z_k) - s_k)
     log_pdf = torch.logsumexp(log_pi + log_pdf_k - logscales, dim=-1)  # (...)
     return log_cdf, log_sf, log_pdf
 
@@ -74,12 +74,12 @@ def mixture_log_pdf(
     x: Tensor,  # points, shape (...)
     prior_logits: Tensor,  # unnormalised log weights, shape (..., K)
     means: Tensor,  # mu_k, shape (..., K)
-    logscales: Tensor,  # log s_k, shape (..., K)
+    logscales: Tensor,  # s_k, log-scales, shape (..., K)
 ) -> Tensor:
-    "log p(x) of the logistic mixture; x (...), parameters (..., K)."
+    "log F'(x), the log-density of the logistic mixture; x (...), parameters (..., K)."
     log_pi = torch.log_softmax(prior_logits, dim=-1)  # (..., K)
     z = (x.unsqueeze(-1) - means) * torch.exp(-logscales)  # (..., K)
-    # log p = LSE_k(log pi_k - |z_k| - 2 log(1 + e^{-|z_k|}) - log s_k)
+    # log F' = LSE_k(log pi_k - |z_k| - 2 log(1 + e^{-|z_k|}) - s_k)
     return torch.logsumexp(log_pi + _logistic_terms(z)[2] - logscales, dim=-1)
 
 
@@ -87,7 +87,7 @@ def mixture_log_cdf(
     x: Tensor,  # points, shape (...)
     prior_logits: Tensor,  # unnormalised log weights, shape (..., K)
     means: Tensor,  # mu_k, shape (..., K)
-    logscales: Tensor,  # log s_k, shape (..., K)
+    logscales: Tensor,  # s_k, log-scales, shape (..., K)
 ) -> Tensor:
     "log F(x) of the logistic mixture; x (...), parameters (..., K)."
     z = (x.unsqueeze(-1) - means) * torch.exp(-logscales)  # (..., K)
@@ -99,7 +99,7 @@ def mixture_log_sf(
     x: Tensor,  # points, shape (...)
     prior_logits: Tensor,  # unnormalised log weights, shape (..., K)
     means: Tensor,  # mu_k, shape (..., K)
-    logscales: Tensor,  # log s_k, shape (..., K)
+    logscales: Tensor,  # s_k, log-scales, shape (..., K)
 ) -> Tensor:
     "log(1 - F(x)) of the logistic mixture, computed as LSE_k(log pi_k + log sigma(-z_k)); x (...), parameters (..., K)."
     z = (x.unsqueeze(-1) - means) * torch.exp(-logscales)  # (..., K)
@@ -111,20 +111,20 @@ def mixture_logit_cdf(
     x: Tensor,  # points, shape (...)
     prior_logits: Tensor,  # unnormalised log weights, shape (..., K)
     means: Tensor,  # mu_k, shape (..., K)
-    logscales: Tensor,  # log s_k, shape (..., K)
+    logscales: Tensor,  # s_k, log-scales, shape (..., K)
 ) -> Tensor:
     "logit F(x) = log F(x) - log(1 - F(x)): the Flow++ coupling's y = logit(MixLogCDF(x)) before its affine part."
     log_cdf, log_sf, _ = mixture_log_terms(x, prior_logits, means, logscales)
     return log_cdf - log_sf
 
 
-def _log_dlogit_cdf(a, b, log_cdf, log_sf, log_cdf_k, log_sf_k, logscales):
-    "log d logit F / dx from the per-component terms a = log pi + log sigma(z), b = log pi + log sigma(-z), (..., K)."
+def _log_dlogit_cdf(alpha, beta, log_cdf, log_sf, log_cdf_k, log_sf_k, logscales):
+    "log d logit F / dx from the per-component terms alpha = log pi + log sigma(z), beta = log pi + log sigma(-z), (..., K)."
     left = (log_cdf < log_sf).unsqueeze(-1)  # (..., 1): F < 1/2
-    # left:  log(p/F) = LSE_k(a_k - log F + log sigma(-z_k) - log s_k)
-    # right: log(p/(1-F)) = LSE_k(b_k - log(1-F) + log sigma(z_k) - log s_k)
-    terms = torch.where(left, a - log_cdf.unsqueeze(-1) + log_sf_k, b - log_sf.unsqueeze(-1) + log_cdf_k)
-    # log g' = log(p/F) - log(1-F)  or  log(p/(1-F)) - log F
+    # left:  log(F'/F) = LSE_k(alpha_k - log F + log sigma(-z_k) - s_k)
+    # right: log(F'/(1-F)) = LSE_k(beta_k - log(1-F) + log sigma(z_k) - s_k)
+    terms = torch.where(left, alpha - log_cdf.unsqueeze(-1) + log_sf_k, beta - log_sf.unsqueeze(-1) + log_cdf_k)
+    # log g' = log(F'/F) - log(1-F)  or  log(F'/(1-F)) - log F
     return torch.logsumexp(terms - logscales, dim=-1) - torch.where(left.squeeze(-1), log_sf, log_cdf)
 
 
@@ -132,16 +132,16 @@ def mixture_logit_cdf_with_logdet(
     x: Tensor,  # points, shape (...)
     prior_logits: Tensor,  # unnormalised log weights, shape (..., K)
     means: Tensor,  # mu_k, shape (..., K)
-    logscales: Tensor,  # log s_k, shape (..., K)
+    logscales: Tensor,  # s_k, log-scales, shape (..., K)
 ) -> tuple[Tensor, Tensor]:
-    "y = logit F(x) and the elementwise log dy/dx = log [p / (F (1 - F))], both shaped like x."
+    "y = logit F(x) and the elementwise log dy/dx = log [F' / (F (1 - F))], both shaped like x."
     log_pi = torch.log_softmax(prior_logits, dim=-1)  # (..., K)
     z = (x.unsqueeze(-1) - means) * torch.exp(-logscales)  # (..., K)
     log_cdf_k, log_sf_k, _ = _logistic_terms(z)
-    a, b = log_pi + log_cdf_k, log_pi + log_sf_k  # (..., K)
-    log_cdf, log_sf = torch.logsumexp(a, dim=-1), torch.logsumexp(b, dim=-1)  # (...)
+    alpha, beta = log_pi + log_cdf_k, log_pi + log_sf_k  # (..., K)
+    log_cdf, log_sf = torch.logsumexp(alpha, dim=-1), torch.logsumexp(beta, dim=-1)  # (...)
     # y = log F - log(1 - F)
-    return log_cdf - log_sf, _log_dlogit_cdf(a, b, log_cdf, log_sf, log_cdf_k, log_sf_k, logscales)
+    return log_cdf - log_sf, _log_dlogit_cdf(alpha, beta, log_cdf, log_sf, log_cdf_k, log_sf_k, logscales)
 
 # %% ../nbs/02_logistic.ipynb #4bb01322
 def sigmoid_logdet(x: Tensor) -> Tensor:
@@ -169,10 +169,10 @@ class Sigmoid(Flow):
 def mixture_inv_bracket(
     y: Tensor,  # target logit-CDF values, shape (...)
     means: Tensor,  # mu_k, shape (..., K)
-    logscales: Tensor,  # log s_k, shape (..., K)
+    logscales: Tensor,  # s_k, log-scales, shape (..., K)
 ) -> tuple[Tensor, Tensor]:
     "(x_lo, x_hi) with logit F(x_lo) <= y <= logit F(x_hi), for any mixture weights."
-    # x_k = mu_k + s_k y: where component k alone has logit-CDF y
+    # x_k = mu_k + e^{s_k} y: where component k alone has logit-CDF y
     x_k = means + torch.exp(logscales) * y.unsqueeze(-1)  # (..., K)
     return x_k.amin(dim=-1), x_k.amax(dim=-1)  # (...), (...)
 
@@ -185,7 +185,7 @@ RESIDUAL_ULPS = 4
 
 
 def _solver_setup(y, prior_logits, means, logscales, tol):
-    "Working dtype, tolerance, residual noise floor, and (y, log pi, mu, log s, 1/s) broadcast to one batch shape."
+    "Working dtype, tolerance, residual noise floor, and (y, log pi, mu, s, e^{-s}) broadcast to one batch shape."
     K = means.shape[-1]
     shape = torch.broadcast_shapes(y.shape, prior_logits.shape[:-1], means.shape[:-1], logscales.shape[:-1])
     # float16/bfloat16 cannot resolve the root to a useful tolerance: solve in float32, return in y's dtype
@@ -211,8 +211,8 @@ def _newton_iteration(x, lo, hi, dx, dx_old, y, log_pi, mu, log_s, inv_s, noise)
     "One bracketed-Newton iteration: (x_next, lo, hi, dx_next, small_residual); dx, dx_old are the last two steps."
     z = (x.unsqueeze(-1) - mu) * inv_s  # (..., K)
     log_cdf_k, log_sf_k, _ = _logistic_terms(z)
-    a, b = log_pi + log_cdf_k, log_pi + log_sf_k  # (..., K)
-    log_cdf, log_sf = torch.logsumexp(a, dim=-1), torch.logsumexp(b, dim=-1)  # (...)
+    alpha, beta = log_pi + log_cdf_k, log_pi + log_sf_k  # (..., K)
+    log_cdf, log_sf = torch.logsumexp(alpha, dim=-1), torch.logsumexp(beta, dim=-1)  # (...)
     # g(x) = log F - log(1 - F) - y, increasing in x
     gx = log_cdf - log_sf - y
     # the root is right of x where g < 0, left of it where g > 0
@@ -220,8 +220,8 @@ def _newton_iteration(x, lo, hi, dx, dx_old, y, log_pi, mu, log_s, inv_s, noise)
     hi = torch.where(gx > 0, x, hi)
     small_residual = gx.abs() <= noise * (1 + y.abs())
     half = (hi - lo) / 2
-    # Newton: dx = g / g',  g' = p / (F (1 - F))
-    step = gx * torch.exp(-_log_dlogit_cdf(a, b, log_cdf, log_sf, log_cdf_k, log_sf_k, log_s))
+    # Newton: dx = g / g',  g' = F' / (F (1 - F))
+    step = gx * torch.exp(-_log_dlogit_cdf(alpha, beta, log_cdf, log_sf, log_cdf_k, log_sf_k, log_s))
     x_newton = x - step
     # accept inside the bracket and when at most half the step before last (NaN/inf steps fail)
     use_newton = (x_newton >= lo) & (x_newton <= hi) & (2 * step.abs() <= dx_old.abs())
@@ -362,11 +362,11 @@ class _MixtureInvLogitCDF(torch.autograd.Function):
         with torch.enable_grad():
             theta = [t.detach().requires_grad_(n) for t, n in zip((prior_logits, means, logscales), needs)]
             logit_cdf, log_dlogit_dx = mixture_logit_cdf_with_logdet(x, *theta)
-            # v / g'(x) with g' = p / (F (1 - F)):  dL/dy = v dx/dy
+            # xbar / g'(x) with g' = F' / (F (1 - F)):  dJ/dy = xbar dx/dy
             grad_y = grad_x * torch.exp(-log_dlogit_dx.detach())  # (...)
             grads = [None, None, None]
             if any(needs):
-                # dL/dtheta = (-v / g') d logit F / d theta
+                # dJ/dtheta = (-xbar / g') d logit F / d theta
                 wanted = [i for i in range(3) if needs[i]]
                 got = torch.autograd.grad(logit_cdf, [theta[i] for i in wanted], grad_outputs=-grad_y)
                 for i, gr in zip(wanted, got):

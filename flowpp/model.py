@@ -49,7 +49,7 @@ class FlowPlusPlusConfig:
     stages: tuple[str, ...] = ("stripes:4", "squeeze", "channels:2", "stripes:3")  # main flow
     coupling: str = "mixlogistic"  # "mixlogistic" (Flow++) or "affine" (ablation)
     components: int = 32  # K, logistic components per element
-    filters: int = 96  # conditioner width F
+    filters: int = 96  # conditioner width n_f
     blocks: int = 10  # conditioner blocks per coupling
     heads: int = 4  # attention heads
     mixer: str = "attention"  # "attention", "pointwise" (no-attention ablation) or "none"
@@ -252,9 +252,9 @@ def log_prob(self: FlowPlusPlus, x: torch.Tensor, num_samples: int = 1,
 def _log_prob(self: FlowPlusPlus, xf: torch.Tensor, num_samples: int = 1, noise: torch.Tensor | None = None):
     "`log_prob` of float images already checked and on the model's device (no initialisation check)."
     sample_q = self.dequantizer if noise is None else (lambda xs: self.dequantizer(xs, noise.to(xs)))
-    # log w_s = log p(x + u_s) - log q(u_s | x), u_s ~ q(.|x): (S, B), one draw of the whole batch at a time
+    # log w_j = log p(x + u_j) - log q(u_j | x), u_j ~ q(.|x): (S, B), one draw of the whole batch at a time
     log_w = log_importance_weights(self.log_density, xf, sample_q, num_samples, chunk_size=1)
-    # log P(x) ~ log (1/S) sum_s w_s
+    # log P(x) ~ log (1/S) sum_j w_j
     return log_w[0] if num_samples == 1 else log_mean_exp(log_w.double(), dim=0)
 
 
