@@ -11,10 +11,10 @@
 # DEST:   default .device/port
 #
 # The fix: models/flowplusplus/nn.py scales the attention queries in place (`q *= key_depth_per_head ** -0.5`), and
-# q is a view of the output of torch.split; current PyTorch refuses to modify such a view in place when autograd
-# records it ("Output 0 of Permute is a view and is being modified inplace. This view is the output of a function
-# that returns multiple views"). The same scaling,
-# out of place, computes the same numbers: `q = q * key_depth_per_head ** -0.5`. Nothing else is changed.
+# q is a permuted view of one of several views that torch.split returned; current PyTorch refuses to modify such a
+# view in place while autograd records ("Output 0 of Permute is a view and is being modified inplace. This view is
+# the output of a function that returns multiple views"). The same scaling out of place computes the same numbers:
+# `q = q * key_depth_per_head ** -0.5`. Nothing else is changed.
 set -euo pipefail
 PORT_COMMIT=4f12a4624f6b7c372464f5ce0e7eb0dbb0864c89  # "Add license." (2019-08-23), the repository's last commit
 SOURCE=${1:-https://github.com/chrischute/flowplusplus.git}

@@ -102,8 +102,8 @@ need_papermill() {  # papermill and a python3 kernel: from the carried wheels in
 
 stage_env() {
   if command -v nvidia-smi >/dev/null 2>&1; then
-    timeout 30 nvidia-smi >"$W/nvidia-smi.txt" 2>&1
-    timeout 30 nvidia-smi -q >"$W/nvidia-smi-q.txt" 2>&1
+    timeout 10 nvidia-smi >"$W/nvidia-smi.txt" 2>&1
+    timeout 10 nvidia-smi -q >"$W/nvidia-smi-q.txt" 2>&1
   fi
   bounded env_probe "$W/log.txt" 0 "$PY" bench/env_probe.py --out "$W/env.json" $([ $smoke = 1 ] && echo --smoke)
 }

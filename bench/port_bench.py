@@ -32,7 +32,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 SCHEMA = "flowpp-port-bench-v1"
-PHASES = ("train", "sample", "eval", "inverse", "flops", "profile")  # run in this order: the profile (slow to process: ~35,000 kernels a step) last
+# the phases in the order they run: the profile (its processing is slow: ~35,000 kernels a step) last
+PHASES = ("train", "sample", "eval", "inverse", "flops", "profile")
 CIFAR = dict(scales=((0, 4), (2, 3)), in_shape=(3, 32, 32), mid_channels=96, num_blocks=10, num_dequant_blocks=2,
              num_components=32, use_attn=True, drop_prob=0.2)  # the port's train.py defaults
 SMOKE = dict(scales=((0, 2), (1, 1)), in_shape=(3, 8, 8), mid_channels=8, num_blocks=1, num_dequant_blocks=1,
@@ -71,9 +72,10 @@ def parse_args(argv=None):
             setattr(args, k, v)
     if s and args.device == "auto":
         args.device = "cpu"
-    args.phases = [x.strip() for x in args.phases.split(",") if x.strip()]
-    if unknown := [x for x in args.phases if x not in PHASES]:
+    asked = [x.strip() for x in args.phases.split(",") if x.strip()]
+    if unknown := [x for x in asked if x not in PHASES]:
         p.error(f"unknown phases {unknown}; choose from {PHASES}")
+    args.phases = [x for x in PHASES if x in asked]  # always in PHASES' order
     return args
 
 

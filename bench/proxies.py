@@ -258,7 +258,7 @@ def dynamo_graphs(fn, *args, **kwargs) -> dict:
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", required=True)
+    p.add_argument("--out", default=None, help="JSON file to write (required unless --table)")
     p.add_argument("--config", default="cifar10")
     p.add_argument("--batch-size", type=int, default=4)
     p.add_argument("--sample-images", type=int, default=4)
@@ -269,7 +269,11 @@ def parse_args(argv=None):
     p.add_argument("--compiled-backend", default="inductor", help="inductor; aot_eager or eager only trace")
     p.add_argument("--loop-steps", type=int, default=4, help="Trainer steps run for the loop count (the first is not counted)")
     p.add_argument("--no-loop", action="store_true", help="skip the Trainer-loop count")
+    p.add_argument("--table", nargs="+", metavar="JSON", default=None,
+                   help="print the table of a saved run (and of a cold-compile run, second) instead of counting")
     args = p.parse_args(argv)
+    if args.out is None and args.table is None:
+        p.error("--out is required")
     args.variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     if unknown := [v for v in args.variants if v not in VARIANTS]:
         p.error(f"unknown variants {unknown}; choose from {VARIANTS}")
@@ -278,6 +282,11 @@ def parse_args(argv=None):
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
+    if args.table:
+        import json
+        saved = [json.loads(Path(f).read_text()) for f in args.table]
+        print(table(saved[0], saved[1] if len(saved) > 1 else None))
+        return saved[0]
     from flowpp.fast import FastPath
     from flowpp.model import FlowPlusPlus
     torch.manual_seed(0)
@@ -335,11 +344,15 @@ def _get(d: dict, *keys, fmt="{:,.0f}"):
     return fmt.format(d) if isinstance(d, (int, float)) else str(d)
 
 
-def table(result: dict) -> str:
-    "The markdown table of bench/README.md from a proxies JSON."
+def table(result: dict, cold: dict | None = None) -> str:
+    "The markdown table of bench/README.md from a proxies JSON (and the JSON of a cold compile, when there is one)."
     v, port = result["variants"], result["port_2019"]
     ref, fast, comp, smp, gr = (v.get(k, {}) for k in ("reference", "fast", "compiled", "sample", "graphs"))
     comp_cfg = comp.get("config", result["config"])
+    cold_comp = (cold or {}).get("variants", {}).get("compiled", {})
+    first = _get(comp, "first_step_seconds", fmt="{:.0f} s") + (
+        " (inductor's caches warm)" if cold_comp else "") + (
+        f", {_get(cold_comp, 'first_step_seconds', fmt='{:.0f} s')} with the caches disabled" if cold_comp else "")
     head = (f"| {result['config']}, batch {result['batch_size']}, CPU | 2019 port (quoted) | flowpp eager fp32 | "
             f"flowpp amp + channels_last | flowpp amp + channels_last + compile ({comp.get('backend', '-')}"
             f"{'' if comp_cfg == result['config'] else f', `{comp_cfg}` config'}) |")
@@ -348,7 +361,7 @@ def table(result: dict) -> str:
             f"| kernel ops per training step (count_dispatch) | {port['kernel_ops_per_step']:,} | "
             f"{_get(ref, 'step', 'kernel_ops')} | {_get(fast, 'step', 'kernel_ops')} | - |",
             f"| kernels per training step (profiler rule) | - | {_get(ref, 'step', 'profiler_rule', 'kernels')} | "
-            f"{_get(fast, 'step', 'profiler_rule', 'kernels')} | {_get(comp, 'per_step', 'kernels')} = "
+            f"{_get(fast, 'step', 'profiler_rule', 'kernels')} | **{_get(comp, 'per_step', 'kernels')}** = "
             f"{_get(comp, 'per_step', 'generated_kernel_calls')} generated + "
             f"{_get(comp, 'per_step', 'extern_calls_in_compiled_regions')} extern + "
             f"{_get(comp, 'per_step', 'eager_kernel_ops_outside')} eager |",
@@ -356,21 +369,18 @@ def table(result: dict) -> str:
             f"{port['syncs_per_step_core']} / {port['syncs_per_step_with_loop']} | "
             f"{_get(ref, 'step', 'syncs')} / {_get(ref, 'loop', 'syncs', fmt='{:g}')} | "
             f"{_get(fast, 'step', 'syncs')} / {_get(fast, 'loop', 'syncs', fmt='{:g}')} | "
-            f"{_get(comp, 'per_step', 'syncs')} (profiler) |",
+            f"{_get(comp, 'per_step', 'syncs')} / - (profiler) |",
             f"| dynamo graphs (graph breaks): the loss's forward / sampling | {port['dynamo_graphs_loss']} / "
             f"{port['dynamo_graphs_sampling']} | {_get(gr, 'log_prob', 'graphs')} ({_get(gr, 'log_prob', 'graph_breaks')}) / "
             f"{_get(gr, 'sample', 'graphs')} ({_get(gr, 'sample', 'graph_breaks')}) | - | "
-            f"{_get(comp, 'unique_graphs')} graphs ({_get(comp, 'graph_breaks')} breaks) for the step's regions |",
-            f"| compiled step: inductor's generated kernels / first step (compile) | - | - | - | "
-            f"{_get(comp, 'generated_kernels_compiled')} / {_get(comp, 'first_step_seconds', fmt='{:.0f} s')} |",
+            f"{_get(comp, 'unique_graphs')} graphs ({_get(comp, 'graph_breaks')} breaks) for the step's compiled regions |",
+            f"| compiled step: kernels inductor generated / first step (compilation) | - | - | - | "
+            f"{_get(comp, 'generated_kernels_compiled')} / {first} |",
             f"| sampling {result['sample_images']} images: ops (kernel ops) | {port['sample_4_ops']:,} "
             f"({port['sample_4_kernel_ops']:,}) | {_get(smp, 'reference', 'ops')} ({_get(smp, 'reference', 'kernel_ops')}) | "
             f"{_get(smp, 'fast', 'ops')} ({_get(smp, 'fast', 'kernel_ops')}) | - |",
             f"| sampling {result['sample_images']} images: host syncs | {port['sample_4_syncs']} | "
-            f"{_get(smp, 'reference', 'syncs')} | {_get(smp, 'fast', 'syncs')} | - |",
-            f"| CPU step seconds (one step, shared 2-core VM: noisy) | {port['cpu_step_seconds_median_of_5']} (median of 5) | "
-            f"{_get(ref, 'step', 'step_seconds', fmt='{:.2f}')} | {_get(fast, 'step', 'step_seconds', fmt='{:.2f}')} | "
-            f"{_get(comp, 'steady_step_seconds', fmt='{:.2f}')} |"]
+            f"{_get(smp, 'reference', 'syncs')} | {_get(smp, 'fast', 'syncs')} | - |"]
     return "\n".join(rows)
 
 

@@ -71,3 +71,30 @@ def test_card_names():
     names = {"NVIDIA H200": "h200", "NVIDIA H100 80GB HBM3": "h100", "NVIDIA A100-SXM4-80GB": "a100",
              "Tesla V100-SXM2-16GB": "v100", "NVIDIA GeForce RTX 4090": "gpu"}
     assert {name: benchlib.gpu_slug(name) for name in names} == names
+
+
+def test_a_protocol_run_cut_by_the_time_limit_keeps_its_evaluations(tmp_path):
+    stages = load("stages")
+    work, out = tmp_path / "main", tmp_path / "out"
+    run = work / "runs" / "main"
+    run.mkdir(parents=True)
+    lines = [{"step": 50, "train_seconds": 30.1, "train_bpd": 5.1},
+             {"step": 90, "train_seconds": 60.2, "test_bpd": 4.9, "test_bpd_stderr": 0.02, "at_seconds": 60.0}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    (run / "ckpt_00000090.pt").write_bytes(b"not collected")
+    record = stages.pack("main", work, out, "timeout", 465.0, 465.0)
+    assert record["status"] == "timeout" and record["figures"]["recovered_partial_runs"] == ["main"]
+    main = record["figures"]["runs"]["main"]
+    assert main["metrics"] is None and main["evaluations"] == lines[1:] and main["last_train_line"] == lines[0]
+    assert json.loads((out / "main.json").read_text())["figures"]["runs"]["main"]["evaluations"][0]["at_seconds"] == 60.0
+    import tarfile
+    with tarfile.open(out / "main.tar.gz") as tar:
+        assert tar.getnames() == ["main/cifar10_budget/main/metrics.jsonl"], "collected; the run folder stays behind"
+
+
+def test_gpu_run_skips_what_the_overall_limit_leaves_no_time_for(tmp_path):
+    proc = subprocess.run(["bash", "bench/gpu_run.sh", "env", "--smoke", "--until", "3", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin",
+                                                                                      "PYTHON": sys.executable})
+    assert proc.returncode == 0 and "env skipped" in proc.stdout, proc.stdout + proc.stderr
+    assert json.loads((tmp_path / "env.json").read_text())["status"] == "skipped"
