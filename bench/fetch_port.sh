@@ -5,7 +5,7 @@
 #
 #   bash bench/fetch_port.sh [SOURCE] [DEST]
 #
-# SOURCE: a git directory holding the port's history, e.g. the mirror that the session's `fetch` tool returns for
+# SOURCE: a git directory holding the port's history, e.g. the mirror that a `fetch` call returns for
 #         github:chrischute/flowplusplus (/work/.mirror/chrischute+flowplusplus/repo/.git), or a clone URL
 #         (default: https://github.com/chrischute/flowplusplus.git, where the network allows a clone).
 # DEST:   default .device/port
