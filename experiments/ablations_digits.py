@@ -44,7 +44,8 @@ LABELS = {"full": "Flow++ (full)", "uniform_dequantization": "uniform dequantiza
           "affine_coupling": "affine coupling", "no_attention": "no self-attention"}
 # the paper's Table 2 (CIFAR-10, bits/dim of unconverged models at the same step count)
 PAPER = {"full": 3.165, "uniform_dequantization": 3.292, "affine_coupling": 3.200, "no_attention": 3.193}
-WIDTHS = range(4, 129, 4)  # filter counts searched: multiples of the 4 attention heads
+WIDTHS = range(8, 65, 4)  # main-flow filter counts searched: multiples of the 4 attention heads, up to twice 32
+DEQUANT_WIDTHS = range(4, 97, 4)  # dequantizer filter counts of the unconstrained search
 
 
 def count(overrides: dict) -> dict:
@@ -60,6 +61,11 @@ def match_widths(name: str) -> dict:
     full = count({})["total"]
     change = ABLATIONS[name]
     has_dequantizer = change.get("dequantizer", base.dequantizer) != "uniform"
+    # the main flow's count depends on F only and the dequantizer's on G only: count each part once per width
+    flow = {F: count({**change, "filters": F})["flow"] for F in WIDTHS}
+    dequant = {G: count({**change, "dequant_filters": G})["dequantizer"] for G in DEQUANT_WIDTHS}
+    pair = lambda F, G: {"filters": F, "dequant_filters": G, "total": flow[F] + dequant[G], "flow": flow[F],
+                         "dequantizer": dequant[G]}
     candidates = []
     for F in WIDTHS:
         if has_dequantizer:
@@ -68,20 +74,18 @@ def match_widths(name: str) -> dict:
             gs = sorted({max(4, 4 * math.floor(g / 4)), max(4, 4 * math.ceil(g / 4))})
         else:
             gs = [base.dequant_filters]  # unused: no dequantizer network
-        for G in gs:
-            overrides = {**change, "filters": F, "dequant_filters": G}
-            candidates.append({"filters": F, "dequant_filters": G, **count(overrides)})
+        candidates += [pair(F, G) for G in gs]
     best = min(candidates, key=lambda c: (abs(c["total"] - full), c["filters"]))
     free = None
     if has_dequantizer:  # every (F, G) pair, for the record
-        pairs = [{"filters": F, "dequant_filters": G, **count({**change, "filters": F, "dequant_filters": G})}
-                 for F in range(16, 65, 4) for G in range(4, 97, 4)]
-        free = min(pairs, key=lambda c: abs(c["total"] - full))
+        free = min((pair(F, G) for F in WIDTHS for G in DEQUANT_WIDTHS), key=lambda c: abs(c["total"] - full))
     overrides = dict(change)
     if best["filters"] != base.filters:
         overrides["filters"] = best["filters"]
     if has_dequantizer and best["dequant_filters"] != base.dequant_filters:
         overrides["dequant_filters"] = best["dequant_filters"]
+    whole = count(overrides)
+    assert whole == {k: best[k] for k in whole}, (name, whole, best)  # the parts add up to the model that is trained
     return {"variant": name, "model_overrides": overrides, "filters": best["filters"],
             "dequant_filters": best["dequant_filters"] if has_dequantizer else None,
             "parameters": best["total"], "parameters_flow": best["flow"], "parameters_dequantizer": best["dequantizer"],

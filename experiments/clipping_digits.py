@@ -11,15 +11,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (DIGITS_DIMS, OFFICIAL_CLIP_NATS, OLD_CLIP_NATS, ROOT, command_line, load_runs, mean_and_stderr,
+from common import (DIGITS_DIMS, OFFICIAL_CLIP_NATS, OLD_CLIP_NATS, ROOT, load_runs, mean_and_stderr,
                     parse_seeds, train_run)
-
-import math
 
 NAMES = {OFFICIAL_CLIP_NATS: "official: 1.0 nats/image", OLD_CLIP_NATS: "previous: 1.0 bits/dim (44.36 nats/image)",
          0.0: "no clipping"}
@@ -154,8 +153,8 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, default=ROOT / "results" / "clipping_digits")
     p.add_argument("--seeds", default="0,1,2", help="'0,1,2' or '0-4'")
-    p.add_argument("--steps", type=int, default=800, help="training steps per run (800: about what `make demo` "
-                   "reaches in 240 s on one thread of the 2-core development machine)")
+    p.add_argument("--steps", type=int, default=800, help="training steps per run (800: about as long as `make demo`'s 240 s "
+                   "on one thread of a shared 2-core machine)")
     p.add_argument("--clips", default=f"{OFFICIAL_CLIP_NATS:g},{OLD_CLIP_NATS:g},0",
                    help="thresholds on the nats-per-image gradient norm (0: no clipping)")
     p.add_argument("--figure", type=Path, default=ROOT / "figures" / "clipping_digits.png")
