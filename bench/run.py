@@ -1,39 +1,46 @@
-"""Benchmark Flow++ training, evaluation and sampling along a fast path; write every figure to one JSON file.
+"""Benchmark Flow++ along one fast path: the trainer's own training step (`flowpp.fast.TrainStep`), evaluation and
+sampling (`FastFlow`), exactness and equivalence; every figure goes to one JSON file, rewritten after each phase.
 
-    python bench/run.py --config cifar10 --batch-size 64 --out bench/results/NAME.json [--amp --channels-last --compile ...]
-    python bench/run.py --smoke --out /tmp/smoke.json       # the `tiny` config on the CPU in well under a minute
+    python3 bench/run.py --path fastest --out bench/results/NAME.json            # a GPU: the trainer's default GPU step
+    python3 bench/run.py --path reference --out bench/results/NAME.json          # the float32 eager reference
+    python3 bench/run.py --path fastest --no-cuda-graph --out ...                # any switch can be overridden
+    python3 bench/run.py --smoke --out /tmp/smoke.json                           # the `tiny` config on the CPU, seconds
 
 See bench/README.md for what each figure means and how it is measured.
 """
 from __future__ import annotations
 
 import argparse
+import copy
+import dataclasses
 import json
 import math
 import os
-import platform
-import resource
 import statistics
 import sys
 import time
-from dataclasses import asdict
+import traceback
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-if str(ROOT) not in sys.path:  # run from a checkout without installing flowpp (e.g. on a bare GPU machine)
-    sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchlib, next to this file
+import benchlib  # noqa: E402
+from benchlib import ROOT  # noqa: E402
 
-import numpy as np
-import torch
+if str(ROOT) not in sys.path:  # flowpp from this checkout, also where it is not installed (the bare GPU machine)
+    sys.path.insert(1, str(ROOT))
 
-from flowpp.fast import FastFlow, FastPath, equivalence, reconstruction
-from flowpp.model import FlowPlusPlus, get_config
+import torch  # noqa: E402
 
-SCHEMA = "flowpp-bench-v1"
-GIB = 2 ** 30
+SCHEMA = "flowpp-bench-v2"
+PATHS = ("reference", "fastest", "default")
+# the phases in the order they run; each one's figures are written as soon as it ends, so a run stopped by a time
+# limit keeps what it measured (the compile-heavy phases come last)
+PHASES = ("train", "sample", "flops", "profile", "eval", "reconstruction", "equivalence")
+SWITCHES = ("amp", "amp_inverse", "channels_last", "compile", "cuda_graph", "tf32")
 
-# The 2019 PyTorch port on one H100 (torch 2.11), CIFAR config, batch 64: ../shared/docs/reference.md,
-# "Measured on one H100". `better` says which direction is an improvement.
+# The 2019 PyTorch port on one H100 (torch 2.11), CIFAR config, batch 64, quoted from ../shared/docs/reference.md,
+# "Measured on one H100". The port measured on the same card in the same call (bench/port_bench.py) is the
+# comparison that counts; these are for reading a run on another machine against the published figures.
 PORT_H100 = {
     "source": "shared/docs/reference.md, 'Measured on one H100' (the 2019 PyTorch port, torch 2.11, CIFAR config, batch 64)",
     "device": "NVIDIA H100",
@@ -41,8 +48,6 @@ PORT_H100 = {
         "train_images_per_second": {"value": 128.0, "better": "higher", "note": "fp32 as shipped"},
         "train_images_per_second_best": {"value": 150.0, "better": "higher", "note": "torch.compile + bf16 autocast",
                                          "ours": "train_images_per_second"},
-        "compile_seconds": {"value": 360.0, "better": "lower", "note": "the port's torch.compile took 6 minutes (ours: only with --compile)",
-                            "ours": "compile_seconds_estimate"},
         "peak_memory_gib": {"value": 51.4, "better": "lower", "note": "peak GPU memory while training"},
         "eval_images_per_second": {"value": 800.0, "better": "higher", "note": "likelihood evaluation at batch 256"},
         "sample_seconds": {"value": 0.30, "better": "lower", "note": "64 images, 100-step bisection"},
@@ -53,143 +58,11 @@ PORT_H100 = {
 
 
 # ----------------------------------------------------------------------------------------------------------
-# timing and device facts
-
-def device_name(device: torch.device) -> str:
-    if device.type == "cuda":
-        return torch.cuda.get_device_name(device)
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def device_info(device: torch.device) -> dict:
-    info = {"type": device.type, "name": device_name(device), "torch": torch.__version__,
-            "cuda": torch.version.cuda, "python": platform.python_version(), "cpu_threads": torch.get_num_threads()}
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        info.update(capability=f"{props.major}.{props.minor}", memory_gib=round(props.total_memory / GIB, 1),
-                    cudnn=torch.backends.cudnn.version(),
-                    sdpa={"flash": torch.backends.cuda.flash_sdp_enabled(),
-                          "mem_efficient": torch.backends.cuda.mem_efficient_sdp_enabled(),
-                          "math": torch.backends.cuda.math_sdp_enabled()})
-    info["inductor_caches_disabled"] = os.environ.get("TORCHINDUCTOR_FORCE_DISABLE_CACHES", "") == "1"
-    return info
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
-def time_once(fn, device: torch.device) -> float:
-    "Wall-clock seconds of one call, synchronised (for warm-up and compile times)."
-    sync(device)
-    t0 = time.perf_counter()
-    fn()
-    sync(device)
-    return time.perf_counter() - t0
-
-
-def time_loop(fn, iters: int, device: torch.device) -> float:
-    "Seconds for `iters` back-to-back calls: CUDA events on a GPU, perf_counter on a CPU."
-    if device.type == "cuda":
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        sync(device)
-        start.record()
-        for _ in range(iters):
-            fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1000
-    t0 = time.perf_counter()
-    for _ in range(iters):
-        fn()
-    return time.perf_counter() - t0
-
-
-def peak_matmul_tflops(device: torch.device, size: int, reps: int) -> dict:
-    "Measured peak of a large square matmul: bfloat16 on a GPU, float32 on a CPU."
-    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-    g = torch.Generator(device=device).manual_seed(0)
-    a = torch.randn(size, size, device=device, dtype=dtype, generator=g)
-    b = torch.randn(size, size, device=device, dtype=dtype, generator=g)
-    for _ in range(2):
-        a @ b
-    seconds = time_loop(lambda: a @ b, reps, device)
-    return {"tflops": 2 * size ** 3 * reps / seconds / 1e12, "dtype": str(dtype).replace("torch.", ""), "size": size,
-            "reps": reps}
-
-
-def peak_memory(device: torch.device) -> dict:
-    if device.type == "cuda":
-        b = torch.cuda.max_memory_allocated(device)
-        return {"bytes": b, "gib": b / GIB, "kind": "torch.cuda.max_memory_allocated during the timed training steps"}
-    b = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
-    return {"bytes": b, "gib": b / GIB, "kind": "CPU: peak resident set size of the whole benchmark process so far "
-                                                 "(includes Python, torch and the data, not only the training step)"}
-
-
-def flops_per_image(model: FlowPlusPlus, x: torch.Tensor) -> dict:
-    "Matmul/convolution/attention FLOPs per image of one log_prob forward, and of forward + backward (FlopCounterMode)."
-    from torch.utils import flop_counter
-    aten = torch.ops.aten
-    custom = {}  # the CPU flash-attention kernels have no formula in torch's table
-    if hasattr(flop_counter, "sdpa_flop_count"):
-        custom[aten._scaled_dot_product_flash_attention_for_cpu] = \
-            lambda q, k, v, *a, out_shape=None, **kw: flop_counter.sdpa_flop_count(q, k, v)
-        custom[aten._scaled_dot_product_flash_attention_for_cpu_backward] = \
-            lambda go, q, k, v, *a, out_shape=None, **kw: flop_counter.sdpa_backward_flop_count(go, q, k, v)
-    ff = FastFlow(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with flop_counter.FlopCounterMode(display=False, custom_mapping=custom) as fc:
-            with torch.no_grad():
-                ff.log_prob(x, check=False)
-        forward = fc.get_total_flops()
-        with flop_counter.FlopCounterMode(display=False, custom_mapping=custom) as fc:
-            ff.loss(x).backward()
-        train = fc.get_total_flops()
-        by_op = {str(k): v / len(x) for k, v in fc.get_flop_counts()["Global"].items()}
-    finally:
-        model.zero_grad(set_to_none=True)
-        model.train(was_training)
-    return {"forward": forward / len(x), "train": train / len(x), "train_by_op": by_op}
-
-
-# ----------------------------------------------------------------------------------------------------------
-# data
-
-def real_images(config, n: int, seed: int) -> tuple[torch.Tensor, str]:
-    "n uint8 images for the config: CIFAR-10 test images (fixture) or digits where the shape fits, else random."
-    shape, levels = tuple(config.image_shape), config.num_levels
-    g = torch.Generator().manual_seed(seed)
-    if shape == (3, 32, 32) and levels == 256:
-        x = torch.from_numpy(np.load(ROOT / "nbs" / "fixtures" / "cifar10_test_64.npz")["x"]).permute(0, 3, 1, 2).contiguous()
-        source = "CIFAR-10 test images 0-63 (nbs/fixtures/cifar10_test_64.npz)"
-    elif shape == (1, 8, 8) and levels == 17:
-        from flowpp.data import load_digits
-        x, source = load_digits("test").images, "scikit-learn digits, test split"
-    else:
-        x = torch.randint(0, levels, (n, *shape), generator=g, dtype=torch.uint8)
-        source = f"random uint8 in [0, {levels})"
-    reps = math.ceil(n / len(x))
-    if reps > 1:
-        source += f", tiled {reps}x"
-    return x.repeat(reps, 1, 1, 1)[:n].contiguous(), source
-
-
-# ----------------------------------------------------------------------------------------------------------
-# the benchmark
+# options
 
 def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", required=True, help="JSON file to write")
+    p.add_argument("--out", required=True, help="JSON file to write (rewritten after each phase)")
     p.add_argument("--smoke", action="store_true",
                    help="CPU smoke run: the tiny config, batch 8, few iterations (unless given explicitly)")
     p.add_argument("--config", default=None, help="model config name (default: cifar10; tiny with --smoke)")
@@ -199,60 +72,112 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=None, help="training batch (default 64; 8 with --smoke)")
     p.add_argument("--eval-batch-size", type=int, default=None, help="evaluation batch (default 256; 32 with --smoke)")
     p.add_argument("--init-batch-size", type=int, default=64, help="images for the data-dependent init")
-    p.add_argument("--warmup-iters", type=int, default=None, help="untimed training steps first (default 3; 1 with --smoke)")
+    p.add_argument("--warmup-iters", type=int, default=None,
+                   help="untimed training steps first (default: the CUDA-graph warm-up + capture + 1 = 5; 2 with --smoke)")
     p.add_argument("--train-iters", type=int, default=None, help="timed training steps (default 20; 3 with --smoke)")
-    p.add_argument("--eval-iters", type=int, default=None, help="timed evaluation batches (default 10; 2 with --smoke)")
+    p.add_argument("--eval-iters", type=int, default=None, help="timed evaluation batches (default 5; 2 with --smoke)")
     p.add_argument("--sample-images", type=int, default=64)
-    p.add_argument("--sample-repeats", type=int, default=None, help="timed sampling runs (default 5; 2 with --smoke)")
-    p.add_argument("--matmul-size", type=int, default=None, help="peak matmul size (default 8192 on a GPU, 1024 on a CPU)")
+    p.add_argument("--sample-repeats", type=int, default=None, help="timed sampling runs (default 3; 2 with --smoke)")
+    p.add_argument("--profile-steps", type=int, default=1, help="steady-state training steps under torch.profiler")
+    p.add_argument("--matmul-size", type=int, default=None, help="peak matmul size (default 8192 on a GPU, 512 on a CPU)")
     p.add_argument("--lr", type=float, default=3e-4)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--no-equivalence", action="store_true", help="skip the equivalence check against the float32 path")
-    p.add_argument("--label", default=None, help="a name for this run in the JSON (default: from the options)")
-    fast = p.add_argument_group("fast path (flowpp.fast.FastPath)")
-    fast.add_argument("--amp", action="store_true", help="bfloat16 autocast for the conditioner networks (log_prob, loss)")
-    fast.add_argument("--amp-inverse", action="store_true",
-                      help="bfloat16 conditioners in encode/decode/sample too (faster sampling; decode(encode(x)) == x is lost)")
-    fast.add_argument("--channels-last", action="store_true")
-    fast.add_argument("--compile", action="store_true", help="torch.compile")
-    fast.add_argument("--compile-scope", default="regional", choices=["regional", "model"])
-    fast.add_argument("--compile-mode", default=None,
-                      choices=["default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"])
-    fast.add_argument("--compile-backend", default="inductor", help="inductor, or aot_eager (trace only)")
-    fast.add_argument("--compile-budget-s", type=float, default=600.0)
-    fast.add_argument("--tf32", action="store_true", help="allow TF32 (also reaches the flow's 1x1 convolutions)")
-    fast.add_argument("--fused-adam", action="store_true")
+    p.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated, of {PHASES} (run in that order)")
+    p.add_argument("--label", default=None, help="a name for this run in the JSON (default: from the path and switches)")
+    fast = p.add_argument_group("fast path (flowpp.fast.FastPath): --path, then any switch overrides it")
+    fast.add_argument("--path", default="reference", choices=PATHS,
+                      help="reference: FastPath(), the float32 eager step; fastest: FastPath.fastest(), the trainer's "
+                           "default on a GPU; default: FastPath.default_for(device)")
+    for name, text in (("amp", "bfloat16 autocast of the conditioner networks (log_prob, loss)"),
+                       ("amp-inverse", "bfloat16 conditioners in encode/decode/sample too (decode(encode(x)) == x is lost)"),
+                       ("channels-last", "NHWC memory layout"), ("compile", "torch.compile the regions of --compile-scope"),
+                       ("cuda-graph", "capture the whole training step as one CUDA graph (CUDA only)"),
+                       ("tf32", "TF32 in the conditioners' convolutions and matmuls"),
+                       ("kernels", "the fused Triton kernels of the mixture coupling (flowpp.kernels)")):
+        fast.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=text)
+    fast.add_argument("--compile-scope", default=None, choices=["step", "regional", "model"])
+    fast.add_argument("--compile-mode", default=None, choices=["default", "max-autotune-no-cudagraphs"])
+    fast.add_argument("--compile-backend", default=None, help="inductor, or aot_eager / eager (trace only: CPU tests)")
     args = p.parse_args(argv)
     small = args.smoke
     defaults = dict(config="tiny" if small else "cifar10", batch_size=8 if small else 64,
-                    eval_batch_size=32 if small else 256, warmup_iters=1 if small else 3, train_iters=3 if small else 20,
-                    eval_iters=2 if small else 10, sample_repeats=2 if small else 5)
+                    eval_batch_size=32 if small else 256, warmup_iters=2 if small else None,
+                    train_iters=3 if small else 20, eval_iters=2 if small else 5, sample_repeats=2 if small else 3)
     for k, v in defaults.items():
         if getattr(args, k) is None:
             setattr(args, k, v)
     if small and args.device == "auto":
         args.device = "cpu"
+    asked = [s.strip() for s in args.phases.split(",") if s.strip()]
+    if unknown := [s for s in asked if s not in PHASES]:
+        p.error(f"unknown phases {unknown}; choose from {PHASES}")
+    args.phases = [s for s in PHASES if s in asked]  # always in PHASES' order
     return args
 
 
-def fast_path_from(args) -> FastPath:
-    return FastPath(amp=args.amp, amp_inverse=args.amp_inverse, channels_last=args.channels_last, compile=args.compile,
-                    compile_scope=args.compile_scope, compile_mode=args.compile_mode,
-                    compile_backend=args.compile_backend, compile_budget_s=args.compile_budget_s, tf32=args.tf32,
-                    fused_adam=args.fused_adam)
+def fast_path_from(args, device: torch.device):
+    "(FastPath, kernels on?) from --path and the switches given."
+    from flowpp.fast import FastPath
+    base = {"reference": FastPath(), "fastest": FastPath.fastest(), "default": FastPath.default_for(device)}[args.path]
+    changes = {name: getattr(args, name) for name in SWITCHES if getattr(args, name) is not None}
+    for name in ("compile_scope", "compile_mode", "compile_backend"):
+        if getattr(args, name) is not None:
+            changes[name] = getattr(args, name)
+    kernels = bool(args.kernels)
+    if "kernels" in {f.name for f in dataclasses.fields(FastPath)}:  # a FastPath that carries the switch itself
+        changes["kernels"] = kernels if args.kernels is not None else base.kernels
+        kernels = changes["kernels"]
+    fast = dataclasses.replace(base, **changes)
+    fast.check_device(device)
+    return fast, kernels
 
 
-def label_of(fast: FastPath) -> str:
-    if fast.is_reference:
-        return "float32 reference"
-    parts = [n for n, on in (("amp", fast.amp), ("amp_inverse", fast.amp_inverse), ("channels_last", fast.channels_last), ("tf32", fast.tf32),
-                             ("fused_adam", fast.fused_adam)) if on]
-    if fast.compile:
-        parts.append(f"compile({fast.compile_scope}, {fast.compile_backend}, {fast.compile_mode or 'default'})")
-    return " + ".join(parts)
+def label_of(args, fast, kernels: bool) -> str:
+    "'fastest', 'fastest - cuda_graph', 'reference + amp + channels_last', ... from the path and what was changed."
+    from flowpp.fast import FastPath
+    base = {"reference": FastPath(), "fastest": FastPath.fastest(), "default": FastPath.default_for(fast_device(args))}[args.path]
+    parts = [args.path]
+    for f in dataclasses.fields(fast):
+        a, b = getattr(base, f.name), getattr(fast, f.name)
+        if a != b:
+            parts.append(f"+ {f.name}" if b is True else f"- {f.name}" if b is False else f"{f.name}={b}")
+    if kernels and not any("kernels" in s for s in parts):
+        parts.append("+ kernels")
+    return " ".join(parts)
+
+
+def fast_device(args) -> torch.device:
+    return benchlib.pick_device(args.device)
+
+
+def use_kernels_on(model, kernels: bool, fast) -> None:
+    "Switch the model's mixture couplings to the fused kernels where FastPath has no switch of its own for them."
+    if kernels and not hasattr(fast, "kernels"):
+        from flowpp.kernels import use_kernels
+        use_kernels(model, True)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# data
+
+def real_images(config, n: int, seed: int) -> tuple[torch.Tensor, str]:
+    "n uint8 images for the config: CIFAR-10 test images (fixture) or digits where the shape fits, else random."
+    shape, levels = tuple(config.image_shape), config.num_levels
+    if shape == (3, 32, 32) and levels == 256:
+        x, source = benchlib.cifar10_fixture(), "CIFAR-10 test images 0-63 (nbs/fixtures/cifar10_test_64.npz)"
+    elif shape == (1, 8, 8) and levels == 17:
+        from flowpp.data import load_digits
+        x, source = load_digits("test").images, "scikit-learn digits, test split"
+    else:
+        g = torch.Generator().manual_seed(seed)
+        x, source = torch.randint(0, levels, (n, *shape), generator=g, dtype=torch.uint8), f"random uint8 in [0, {levels})"
+    if n > len(x):
+        source += f", tiled {math.ceil(n / len(x))}x"
+    return benchlib.tile(x, n), source
 
 
 def compare_with_port(figures: dict, device: dict, config_name: str, batch_size: int) -> dict:
+    "Our figures over the port's published H100 figures; marked comparable only for the cifar10 config at batch 64 on an H100."
     comparable = device["type"] == "cuda" and "H100" in device["name"] and config_name == "cifar10" and batch_size == 64
     ratios = {}
     for name, port in PORT_H100["figures"].items():
@@ -261,157 +186,255 @@ def compare_with_port(figures: dict, device: dict, config_name: str, batch_size:
             ratios[name] = {"ours": ours, "port": port["value"], "ours_over_port": ours / port["value"],
                             "better": port["better"], "note": port["note"]}
     out = {"port": PORT_H100, "comparable": comparable, "ratios": ratios}
-    if comparable:
-        out["speedup_train_vs_port_as_shipped"] = figures["train_images_per_second"] / 128.0
-        out["speedup_train_vs_port_best"] = figures["train_images_per_second"] / 150.0
-        out["meets_10x_train"] = out["speedup_train_vs_port_best"] >= 10
-    else:
+    if not comparable:
         out["note"] = (f"NOT COMPARABLE: measured on {device['name']} ({device['type']}), config {config_name}, batch "
-                       f"{batch_size}; the port's figures are from an H100 with the cifar10 config at batch 64. The "
-                       "ratios are listed only to show the arithmetic; do not read them as speed-ups.")
+                       f"{batch_size}; the port's published figures are from an H100 with the cifar10 config at batch 64. "
+                       "Compare with the port measured on the same card (bench/port_bench.py, bench/table.py --port).")
     return out
 
 
-def run(args) -> dict:
-    device = torch.device("cuda" if args.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if args.device == "auto" else args.device))
-    overrides = {}
-    for item in args.set:
-        k, _, v = item.partition("=")
-        try:
-            overrides[k] = json.loads(v)
-        except json.JSONDecodeError:
-            overrides[k] = v
-    torch.manual_seed(args.seed)
-    t_start = time.perf_counter()
-    if args.checkpoint:
-        from flowpp.train import load_model
-        model = load_model(args.checkpoint, map_location=device)
-        config_name = f"checkpoint {args.checkpoint}"
-    else:
-        model = FlowPlusPlus(get_config(args.config, **overrides)).to(device)
-        config_name = args.config
-    config = model.config
-    x_real, source = real_images(config, max(args.batch_size, 64), args.seed)
-    x_train = x_real[:args.batch_size].to(device)
-    if not args.checkpoint:
-        init, _ = real_images(config, args.init_batch_size, args.seed)
-        model.initialize(init.to(device))
-    pristine = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}  # for equivalence, off the GPU
-    fast = fast_path_from(args)
-    ff = FastFlow(model, fast)
-    figures: dict = {}
+# ----------------------------------------------------------------------------------------------------------
+# the benchmark
 
-    # training: forward + backward + Adam step on one batch already on the device
-    opt = ff.optimizer(lr=args.lr)
-    model.train()
-    losses = []
+class Run:
+    "The state of one benchmark run: the model, its TrainStep and FastFlow, and the JSON being filled."
 
-    def step():
-        loss = ff.loss(x_train)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        losses.append(loss.detach())
+    def __init__(self, args):
+        from flowpp.fast import FastFlow, TrainStep, CUDA_GRAPH_WARMUP
+        from flowpp.model import FlowPlusPlus, get_config
+        self.args, self.t_start = args, time.perf_counter()
+        self.device = device = benchlib.pick_device(args.device)
+        if args.kernels and device.type != "cuda":  # Triton's interpreter, chosen before flowpp.kernels is imported
+            os.environ.setdefault("TRITON_INTERPRET", "1")
+        if args.warmup_iters is None:  # the CUDA-graph warm-up, the capture, and one replay before the timed loop
+            args.warmup_iters = CUDA_GRAPH_WARMUP + 2
+        self.fast, self.kernels = fast_path_from(args, device)
+        overrides = {}
+        for item in args.set:
+            k, _, v = item.partition("=")
+            try:
+                overrides[k] = json.loads(v)
+            except json.JSONDecodeError:
+                overrides[k] = v
+        torch.manual_seed(args.seed)
+        if args.checkpoint:
+            from flowpp.train import load_model
+            model = load_model(args.checkpoint, map_location=device)
+            self.config_name = f"checkpoint {args.checkpoint}"
+        else:
+            model = FlowPlusPlus(get_config(args.config, **overrides)).to(device)
+            self.config_name = args.config
+        self.config = config = model.config
+        self.x_real, self.source = real_images(config, max(args.batch_size, 64), args.seed)
+        self.x_train = self.x_real[:args.batch_size].to(device)
+        if not args.checkpoint:
+            init, _ = real_images(config, args.init_batch_size, args.seed)
+            model.initialize(init.to(device))
+        # the initial weights, off the GPU: the reference models of the flops and equivalence phases start from them
+        self.pristine = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
+        ema = copy.deepcopy(model).eval().requires_grad_(False)
+        use_kernels_on(model, self.kernels, self.fast)
+        if device.type == "cuda" and "profile" in args.phases:
+            # the profiler's CUDA side is set up before any CUDA graph is captured: profiling the replay of a graph
+            # captured before the profiler's first use has failed in some PyTorch versions (pytorch/pytorch#75504)
+            from torch.profiler import ProfilerActivity, profile
+            with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]):
+                pass
+        self.model = model
+        self.step = TrainStep(model, self.fast, lr=args.lr, grad_clip=1.0, ema=ema, ema_decay=0.999)
+        self.ff = FastFlow(model, self.fast)
+        self.figures: dict = {}
+        self.result = {
+            "schema": SCHEMA,
+            "label": args.label or label_of(args, self.fast, self.kernels),
+            "path": args.path,
+            "complete": False, "phases_done": [], "phases_requested": args.phases, "errors": {},
+            "device": benchlib.device_info(device),
+            "config": {"name": self.config_name, "parameters": sum(p.numel() for p in model.parameters()),
+                       "batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size,
+                       "init_batch_size": args.init_batch_size, "warmup_iters": args.warmup_iters,
+                       "train_iters": args.train_iters, "eval_iters": args.eval_iters,
+                       "sample_images": args.sample_images, "sample_repeats": args.sample_repeats,
+                       "profile_steps": args.profile_steps, "lr": args.lr, "grad_clip": 1.0, "ema_decay": 0.999,
+                       "seed": args.seed, "data": self.source, "smoke": args.smoke, "overrides": overrides,
+                       "model_config": {k: list(v) if isinstance(v, tuple) else v
+                                        for k, v in dataclasses.asdict(config).items()}},
+            "options": {**dataclasses.asdict(self.fast), "kernels": self.kernels},
+            "figures": self.figures,
+            "command": benchlib.command_line(),
+        }
 
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
-        torch.cuda.reset_peak_memory_stats(device)
-    warmup = [time_once(step, device) for _ in range(args.warmup_iters)]
-    seconds = time_loop(step, args.train_iters, device)
-    mem = peak_memory(device)
-    step_s = seconds / args.train_iters
-    figures.update(train_images_per_second=args.batch_size * args.train_iters / seconds, train_step_ms=1000 * step_s,
-                   train_warmup_seconds=sum(warmup), train_first_step_seconds=warmup[0] if warmup else None,
-                   compile_seconds_estimate=max(0.0, sum(warmup) - len(warmup) * step_s) if fast.compile else None,
-                   peak_memory_bytes=mem["bytes"], peak_memory_gib=mem["gib"], peak_memory_kind=mem["kind"],
-                   train_loss_first=losses[0].item(), train_loss_last=losses[-1].item(),
-                   train_losses_finite=bool(torch.isfinite(torch.stack(losses)).all()))
+    def save(self) -> None:
+        self.result["wall_seconds"] = time.perf_counter() - self.t_start
+        self.result["vs_port_reference_md"] = compare_with_port(self.figures, self.result["device"], self.config_name,
+                                                                self.args.batch_size)
+        benchlib.write_json(self.args.out, self.result)
 
-    # evaluation: no_grad one-sample log_prob at a large batch
-    model.eval()
-    x_eval = x_real.repeat(math.ceil(args.eval_batch_size / len(x_real)), 1, 1, 1)[:args.eval_batch_size].to(device)
+    # the phases ---------------------------------------------------------------------------------------------
 
-    def evaluate():
+    def train(self) -> None:
+        "Warm-up steps one by one (compilation, CUDA-graph capture), then train_iters steps timed back to back."
+        a, device, step, x = self.args, self.device, self.step, self.x_train
+        benchlib.reset_peak_memory(device)
+        warm = [benchlib.time_once(lambda: step(x, a.lr), device) for _ in range(a.warmup_iters)]
+        seconds = benchlib.time_loop(lambda: step(x, a.lr), a.train_iters, device)
+        mem = benchlib.peak_memory(device)
+        stats = step.read_stats()  # one host read, after the timed loop
+        step_s = seconds / a.train_iters
+        capture = step.timings.get("capture_seconds")
+        f = self.figures
+        f.update(train_images_per_second=a.batch_size * a.train_iters / seconds, train_step_ms=1000 * step_s,
+                 train_first_step_seconds=warm[0] if warm else None, train_warmup_seconds=warm,
+                 capture_seconds=capture, cuda_graph=step.timings.get("cuda_graph"),
+                 peak_memory_bytes=mem["bytes"], peak_memory_gib=mem["gib"], peak_memory_kind=mem["kind"],
+                 train_bpd_last=stats["train_bpd"], train_grad_norm_last=stats["grad_norm"],
+                 train_nonfinite_steps=stats["nonfinite_steps"],
+                 train_losses_finite=stats["nonfinite_steps"] == 0 and math.isfinite(stats["train_bpd"]))
+        if self.fast.compile or capture:
+            # compilation (and capture) = the warm-up's time beyond as many steady steps
+            f["compile_seconds_estimate"] = max(0.0, sum(warm) - len(warm) * step_s - (capture or 0.0))
+            f["compile_seconds_estimate_includes"] = "warm-up steps minus steady steps minus the capture"
+
+    def profile(self) -> None:
+        "One steady-state step under torch.profiler: the top kernels, GPU-busy ms vs wall ms, launches per step."
+        a = self.args
+        prof = benchlib.profile_steps(lambda: self.step(self.x_train, a.lr), self.device, steps=a.profile_steps)
+        self.result["profile"] = prof
+        busy = prof.get("gpu_busy_ms_per_step", prof.get("busy_ms_per_step"))
+        self.figures.update(profile_kernels_per_step=prof["kernels_per_step"], profile_busy_ms_per_step=busy,
+                            profile_wall_ms_per_step=prof["wall_ms_per_step"],
+                            profile_busy_fraction_of_step=busy / self.figures["train_step_ms"]
+                            if "train_step_ms" in self.figures and busy is not None else None)
+
+    def sample(self) -> None:
+        "sample(n): one warm-up, then the median of sample_repeats runs, each synchronised."
+        a, device = self.args, self.device
+        g = torch.Generator(device=device).manual_seed(a.seed)
         with torch.no_grad():
-            ff.log_prob(x_eval, check=False)
+            warm = benchlib.time_once(lambda: self.ff.sample(a.sample_images, 1.0, g), device)
+            times = [benchlib.time_once(lambda: self.ff.sample(a.sample_images, 1.0, g), device)
+                     for _ in range(a.sample_repeats)]
+        self.figures.update(sample_seconds=statistics.median(times), sample_seconds_min=min(times),
+                            sample_images=a.sample_images, sample_warmup_seconds=warm)
 
-    eval_warmup = time_once(evaluate, device)
-    seconds = time_loop(evaluate, args.eval_iters, device)
-    figures.update(eval_images_per_second=args.eval_batch_size * args.eval_iters / seconds,
-                   eval_batch_size=args.eval_batch_size, eval_warmup_seconds=eval_warmup)
+    def flops(self) -> None:
+        "FLOPs of the eager float32 model (device independent) and the measured matmul ceiling."
+        from flowpp.fast import FastFlow
+        from flowpp.model import FlowPlusPlus
+        a, device = self.args, self.device
+        ref = FlowPlusPlus(self.config).to(device)
+        ref.load_state_dict(self.pristine)
+        x = self.x_train[:min(4, len(self.x_train))]
+        ff = FastFlow(ref)
+        ref.eval()
+        with torch.no_grad():
+            fwd = benchlib.flop_count(lambda: ff.log_prob(x, check=False))
+        ref.train()
+        train = benchlib.flop_count(lambda: (-ff.log_prob(x, check=False).mean()).backward())
+        peak = benchlib.peak_matmul_tflops(device, a.matmul_size or (8192 if device.type == "cuda" else 512),
+                                           20 if device.type == "cuda" else 3)
+        f = self.figures
+        f.update(forward_gflop_per_image=fwd["total"] / len(x) / 1e9, train_gflop_per_image_counted=train["total"] / len(x) / 1e9,
+                 train_flop_by_op_per_image={k: v / len(x) for k, v in train["by_op"].items()},
+                 peak_matmul_tflops=peak["tflops"], peak_matmul=peak)
+        if "train_images_per_second" in f:  # training FLOP/s ~ 3 x forward FLOPs x images/s (backward ~ 2 x forward)
+            f["train_tflops"] = 3 * fwd["total"] / len(x) * f["train_images_per_second"] / 1e12
+            f["fraction_of_peak"] = f["train_tflops"] / peak["tflops"]
 
-    # sampling: n images, z ~ N(0, I), decoded (the mixture CDF inverted by bracketed Newton)
-    g = torch.Generator(device=device).manual_seed(args.seed)
-    sample_warmup = time_once(lambda: ff.sample(args.sample_images, 1.0, g), device)
-    times = [time_once(lambda: ff.sample(args.sample_images, 1.0, g), device) for _ in range(args.sample_repeats)]
-    figures.update(sample_seconds=statistics.median(times), sample_seconds_min=min(times),
-                   sample_images=args.sample_images, sample_warmup_seconds=sample_warmup)
+    def eval(self) -> None:
+        "FastFlow.log_prob under no_grad in eval mode at eval_batch_size: one warm-up batch, then eval_iters timed."
+        a, device = self.args, self.device
+        x_eval = benchlib.tile(self.x_real, a.eval_batch_size).to(device)
+        self.model.eval()
+        try:
+            with torch.no_grad():
+                warm = benchlib.time_once(lambda: self.ff.log_prob(x_eval, check=False), device)
+                seconds = benchlib.time_loop(lambda: self.ff.log_prob(x_eval, check=False), a.eval_iters, device)
+        finally:
+            self.model.train()
+        self.figures.update(eval_images_per_second=a.eval_batch_size * a.eval_iters / seconds,
+                            eval_batch_size=a.eval_batch_size, eval_warmup_seconds=warm)
 
-    # exactness on real images: the fast path as benchmarked, and the float32 reference on the same weights
-    x_rec = x_real[:64].to(device)
-    rec = reconstruction(ff, x_rec)
-    reference_model = FlowPlusPlus(config).to(device)  # the same weights, plain layout, nothing compiled
-    reference_model.load_state_dict(model.state_dict())
-    rec_ref = reconstruction(FastFlow(reference_model), x_rec)
-    figures.update(max_reconstruction_error_logit=rec["max_error_logit"], decode_encode_exact=rec["exact"],
-                   decode_encode_mismatched_pixels=rec["mismatched_pixels"], reconstruction_images=rec["images"],
-                   reference_max_reconstruction_error_logit=rec_ref["max_error_logit"],
-                   reference_decode_encode_exact=rec_ref["exact"])
+    def reconstruction(self) -> None:
+        "decode(encode(x)) == x and the inverse's error on 64 real images, on this path and on the float32 reference."
+        from flowpp.fast import FastFlow, reconstruction
+        from flowpp.model import FlowPlusPlus
+        x = self.x_real[:64].to(self.device)
+        rec = reconstruction(self.ff, x)
+        ref_model = FlowPlusPlus(self.config).to(self.device)  # the same (trained a few steps) weights, plain and eager
+        ref_model.load_state_dict(self.model.state_dict())
+        rec_ref = reconstruction(FastFlow(ref_model), x)
+        self.figures.update(max_reconstruction_error_logit=rec["max_error_logit"], decode_encode_exact=rec["exact"],
+                            decode_encode_mismatched_pixels=rec["mismatched_pixels"], reconstruction_images=rec["images"],
+                            reference_max_reconstruction_error_logit=rec_ref["max_error_logit"],
+                            reference_decode_encode_exact=rec_ref["exact"])
 
-    # FLOPs (eager float32 reference; device independent) and the fraction of the measured peak
-    model_ref = FlowPlusPlus(config).to(device)
-    model_ref.load_state_dict(pristine)
-    flops = flops_per_image(model_ref, x_train[:min(4, len(x_train))])
-    peak = peak_matmul_tflops(device, args.matmul_size or (8192 if device.type == "cuda" else 1024),
-                              20 if device.type == "cuda" else 5)
-    # training FLOP/s ~ 3 x forward FLOPs x images/s (backward ~ 2 x forward)
-    train_tflops = 3 * flops["forward"] * figures["train_images_per_second"] / 1e12
-    figures.update(forward_gflop_per_image=flops["forward"] / 1e9, train_gflop_per_image_counted=flops["train"] / 1e9,
-                   train_flop_by_op_per_image=flops["train_by_op"], peak_matmul_tflops=peak["tflops"],
-                   peak_matmul=peak, train_tflops=train_tflops, fraction_of_peak=train_tflops / peak["tflops"])
+    def equivalence(self) -> None:
+        "Bits/dim and gradients of this path's step against the float32 reference on the initial weights (flowpp.fast.equivalence)."
+        from flowpp.fast import equivalence
+        from flowpp.model import FlowPlusPlus
+        ref = FlowPlusPlus(self.config).to(self.device)
+        ref.load_state_dict(self.pristine)
+        if self.kernels and not hasattr(self.fast, "kernels"):
+            self.figures["equivalence"] = kernel_equivalence(ref, self.x_train, self.fast, self.args.seed)
+        else:
+            self.figures["equivalence"] = equivalence(ref, self.x_train, self.fast, seed=self.args.seed)
 
-    # the same model: bits/dim and gradients against the float32 reference, on the initial weights
-    if not args.no_equivalence:
-        figures["equivalence"] = equivalence(model_ref, x_train, fast, seed=args.seed)
-    figures["compile_first_call_seconds"] = ff.compile_seconds
-    del model_ref, reference_model
 
-    device_facts = device_info(device)
-    return {
-        "schema": SCHEMA,
-        "label": args.label or label_of(fast),
-        "device": device_facts,
-        "config": {"name": config_name, "parameters": sum(p.numel() for p in model.parameters()),
-                   "batch_size": args.batch_size, "eval_batch_size": args.eval_batch_size,
-                   "init_batch_size": args.init_batch_size, "warmup_iters": args.warmup_iters,
-                   "train_iters": args.train_iters, "eval_iters": args.eval_iters, "sample_repeats": args.sample_repeats,
-                   "lr": args.lr, "seed": args.seed, "data": source, "smoke": args.smoke, "overrides": overrides,
-                   "model_config": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(config).items()}},
-        "options": asdict(fast),
-        "figures": figures,
-        "vs_port": compare_with_port(figures, device_facts, config_name, args.batch_size),
-        "command": "python bench/run.py " + " ".join(sys.argv[1:]),
-        "wall_seconds": time.perf_counter() - t_start,
-    }
+def kernel_equivalence(model, x, fast, seed: int) -> dict:
+    "flowpp.fast.equivalence's comparison for a path with the fused kernels switched on by flowpp.kernels.use_kernels."
+    from flowpp import fast as F
+    from flowpp.kernels import use_kernels
+    fast = dataclasses.replace(fast, cuda_graph=False)
+    x = x.to(next(model.parameters()).device)
+    noise = F.dequantization_noise(model, x, torch.Generator().manual_seed(seed))
+    ref_bpd, ref_grad = F._bpd_and_grad(F.TrainStep(copy.deepcopy(model), F.FastPath()), x, noise)
+    kernel_model = copy.deepcopy(model)
+    use_kernels(kernel_model, True)
+    t0 = time.perf_counter()
+    fast_bpd, fast_grad = F._bpd_and_grad(F.TrainStep(kernel_model, fast), x, noise)
+    rel = ((fast_bpd.mean() - ref_bpd.mean()).abs() / ref_bpd.mean().abs()).item()
+    cosine = (fast_grad @ ref_grad / (fast_grad.norm() * ref_grad.norm())).item()
+    return {"bpd_reference": ref_bpd.mean().item(), "bpd_fast": fast_bpd.mean().item(), "bpd_rel_diff": rel,
+            "bpd_rel_diff_max_image": ((fast_bpd - ref_bpd).abs() / ref_bpd.abs()).max().item(),
+            "grad_cosine": cosine, "grad_norm_ratio": (fast_grad.norm() / ref_grad.norm()).item(), "images": len(x),
+            "fast_seconds": time.perf_counter() - t0,
+            "passed": rel <= F.BPD_RTOL and cosine > F.MIN_GRAD_COSINE, "kernels": True}
 
 
 def main(argv=None) -> dict:
     args = parse_args(argv)
-    result = run(args)
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=1) + "\n")
-    f = result["figures"]
-    eq = f.get("equivalence", {})
-    print(f"{result['label']} on {result['device']['name']} ({result['config']['name']}, batch {args.batch_size}): "
-          f"train {f['train_images_per_second']:.1f} img/s, eval {f['eval_images_per_second']:.1f} img/s, "
-          f"sample {args.sample_images} in {f['sample_seconds']:.3f} s, peak memory {f['peak_memory_gib']:.2f} GiB, "
-          f"{f['forward_gflop_per_image']:.3g} GFLOP/img, {100 * f['fraction_of_peak']:.1f}% of peak, "
-          f"decode(encode(x)) exact: {f['decode_encode_exact']}"
+    run = Run(args)
+    run.save()
+    failed = []
+    for phase in args.phases:
+        t0 = time.perf_counter()
+        try:
+            getattr(run, phase)()
+            run.result["phases_done"].append(phase)
+        except Exception as e:  # a phase that fails is recorded; the later phases still run
+            failed.append(phase)
+            run.result["errors"][phase] = f"{type(e).__name__}: {e}"
+            traceback.print_exc()
+        run.result.setdefault("phase_seconds", {})[phase] = time.perf_counter() - t0
+        run.save()
+        print(f"[{run.result['label']}] {phase}: {time.perf_counter() - t0:.1f} s"
+              + (f" FAILED ({run.result['errors'][phase]})" if phase in failed else ""), flush=True)
+    run.result["complete"] = not failed
+    run.save()
+    f = run.figures
+    eq = f.get("equivalence") or {}
+    show = lambda key, fmt: (fmt.format(f[key]) if isinstance(f.get(key), (int, float)) else "-")
+    print(f"{run.result['label']} on {run.result['device']['name']} ({run.config_name}, batch {args.batch_size}): "
+          f"train {show('train_images_per_second', '{:.1f}')} img/s ({show('train_step_ms', '{:.1f}')} ms/step, "
+          f"cuda graph: {f.get('cuda_graph')}), eval {show('eval_images_per_second', '{:.1f}')} img/s, "
+          f"sample {args.sample_images} in {show('sample_seconds', '{:.3f}')} s, peak memory {show('peak_memory_gib', '{:.2f}')} GiB, "
+          f"decode(encode(x)) exact: {f.get('decode_encode_exact', '-')}"
           + (f", bpd rel diff {eq['bpd_rel_diff']:.1e}, grad cosine {eq['grad_cosine']:.5f}" if eq else "")
-          + f" -> {out}")
-    return result
+          + f" -> {args.out}", flush=True)
+    if failed:
+        raise SystemExit(f"phases failed: {failed} (see 'errors' in {args.out})")
+    return run.result
 
 
 if __name__ == "__main__":

@@ -200,7 +200,8 @@ class TrainStep:
         self.rank, self.world_size = rank, world_size
         self.params = [p for p in model.parameters() if p.requires_grad]
         self.lr = torch.tensor(float(lr), device=self.device)  # read by the fused Adam kernel
-        self.optimizer = torch.optim.Adam(self.params, lr=self.lr, fused=True)
+        # fused: one kernel, step counters on the device, a skip flag; capturable: allowed inside a CUDA graph capture
+        self.optimizer = torch.optim.Adam(self.params, lr=self.lr, fused=True, capturable=True)
         self._found_inf = torch.zeros((), device=self.device)  # 1.0: the fused Adam skips this step
         self.optimizer.found_inf = self._found_inf
         self.max_norm = grad_clip if grad_clip > 0 else math.inf
@@ -324,7 +325,7 @@ def _load_optimizer_state(self: TrainStep, state: dict) -> None:
     "Adam's state from a checkpoint, kept fused, with the learning rate and step counters on the device."
     self.optimizer.load_state_dict(state)
     for group in self.optimizer.param_groups:
-        group.update(lr=self.lr, fused=True, foreach=None, capturable=False)
+        group.update(lr=self.lr, fused=True, foreach=None, capturable=True)
     for p, st in self.optimizer.state.items():
         if "step" in st:
             st["step"] = st["step"].to(device=p.device, dtype=torch.float32)

@@ -1,50 +1,100 @@
-"""The benchmark runs end to end on the CPU (`bench/run.py --smoke`) and writes every figure."""
+"""bench/'s pieces that need no model run: the fast path and label from the options, refused options, the
+profiler's busy-time arithmetic, and bench/table.py's refusal of an older schema. (The benchmark itself runs end
+to end in tests/test_gpu_run.py, the smoke run of bench/gpu_run.sh.)"""
+import importlib.util
 import json
-import math
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-
-# figures that are rates, times, sizes or counts: finite and strictly positive
-POSITIVE = ["train_images_per_second", "train_step_ms", "train_warmup_seconds", "train_first_step_seconds",
-            "peak_memory_bytes", "peak_memory_gib", "eval_images_per_second", "eval_batch_size", "eval_warmup_seconds",
-            "sample_seconds", "sample_seconds_min", "sample_images", "forward_gflop_per_image",
-            "train_gflop_per_image_counted", "peak_matmul_tflops", "train_tflops", "fraction_of_peak"]
-# errors: finite and non-negative
-NON_NEGATIVE = ["max_reconstruction_error_logit", "reference_max_reconstruction_error_logit"]
-# every figure of the port's, except its compile time (ours is only measured with --compile)
-PORT_FIGURES = ["train_images_per_second", "train_images_per_second_best", "peak_memory_gib",
-                "eval_images_per_second", "sample_seconds", "max_reconstruction_error_logit", "forward_gflop_per_image"]
+sys.path.insert(0, str(ROOT / "bench"))
+import benchlib  # noqa: E402
 
 
-def test_bench_smoke_run_writes_every_figure(tmp_path):
-    out = tmp_path / "smoke.json"
-    proc = subprocess.run([sys.executable, str(ROOT / "bench" / "run.py"), "--smoke", "--amp", "--channels-last",
-                           "--out", str(out)], cwd=ROOT, capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    result = json.loads(out.read_text())
-    assert result["schema"] == "flowpp-bench-v1"
-    assert result["device"]["type"] == "cpu" and result["device"]["name"] and result["device"]["torch"] == torch.__version__
-    assert result["config"]["name"] == "tiny" and result["config"]["smoke"] and result["config"]["parameters"] > 0
-    assert result["options"]["amp"] and result["options"]["channels_last"] and not result["options"]["compile"]
-    f = result["figures"]
-    for name in POSITIVE:
-        assert isinstance(f[name], (int, float)) and math.isfinite(f[name]) and f[name] > 0, (name, f.get(name))
-    for name in NON_NEGATIVE:
-        assert math.isfinite(f[name]) and f[name] >= 0, (name, f[name])
-    assert f["max_reconstruction_error_logit"] < 1e-2, f["max_reconstruction_error_logit"]
-    assert f["decode_encode_exact"] is True and f["decode_encode_mismatched_pixels"] == 0
-    assert f["reference_decode_encode_exact"] is True
-    assert f["train_losses_finite"] and f["fraction_of_peak"] < 1
-    assert "peak resident set size" in f["peak_memory_kind"], "on a CPU the memory figure says what it is"
-    eq = f["equivalence"]
-    assert eq["passed"] and eq["bpd_rel_diff"] <= 1e-3 and eq["grad_cosine"] > 0.99, eq
-    port = result["vs_port"]
-    assert port["comparable"] is False and "NOT COMPARABLE" in port["note"]
-    assert set(port["ratios"]) == set(PORT_FIGURES), sorted(port["ratios"])
-    for r in port["ratios"].values():
-        assert math.isfinite(r["ours_over_port"]) and r["ours_over_port"] > 0
+def load(name):
+    spec = importlib.util.spec_from_file_location(name, ROOT / "bench" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+run = load("run")
+cpu = torch.device("cpu")
+
+
+def test_paths_and_switches():
+    from flowpp.fast import FastPath
+    args = run.parse_args(["--out", "x.json", "--path", "fastest", "--no-cuda-graph", "--compile-backend", "aot_eager"])
+    fast, kernels = run.fast_path_from(args, cpu)
+    assert fast == FastPath(amp=True, channels_last=True, compile=True, compile_backend="aot_eager") and not kernels
+    assert run.label_of(args, fast, kernels) == "fastest compile_backend=aot_eager - cuda_graph"
+    args = run.parse_args(["--out", "x.json", "--amp", "--channels-last"])
+    fast, _ = run.fast_path_from(args, cpu)
+    assert fast == FastPath(amp=True, channels_last=True) and run.label_of(args, fast, False) == "reference + amp + channels_last"
+    assert run.fast_path_from(run.parse_args(["--out", "x", "--path", "default"]), cpu)[0].is_reference
+    with pytest.raises(ValueError, match="needs a CUDA device"):  # the trainer's GPU step asked for on a CPU
+        run.fast_path_from(run.parse_args(["--out", "x", "--path", "fastest"]), cpu)
+
+
+@pytest.mark.parametrize("flag", ["--fused-adam", "--compile-budget-s=600"])
+def test_removed_options_are_refused(flag, capsys):
+    with pytest.raises(SystemExit):
+        run.parse_args(["--out", "x.json", flag])
+    assert "unrecognized arguments" in capsys.readouterr().err
+
+
+def test_unknown_phase_is_refused(capsys):
+    with pytest.raises(SystemExit):
+        run.parse_args(["--out", "x.json", "--phases", "train,warp"])
+    assert "unknown phases ['warp']" in capsys.readouterr().err
+
+
+def test_busy_time_is_the_union_of_intervals():
+    assert benchlib._union_us([(0, 10), (5, 12), (20, 25)]) == 17  # overlap counted once, the gap not at all
+    assert benchlib._union_us([(3, 4), (0, 10)]) == 10  # a kernel inside another's interval adds nothing
+    assert benchlib._union_us([]) == 0
+
+
+def test_table_refuses_an_older_schema(tmp_path):
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"schema": "flowpp-bench-v1", "figures": {}}))
+    proc = subprocess.run([sys.executable, "bench/table.py", str(old)], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode != 0 and "is not one of" in proc.stderr, proc.stderr
+
+
+def test_card_names():
+    assert benchlib.card_slug(cpu) == "cpu"
+    names = {"NVIDIA H200": "h200", "NVIDIA H100 80GB HBM3": "h100", "NVIDIA A100-SXM4-80GB": "a100",
+             "Tesla V100-SXM2-16GB": "v100", "NVIDIA GeForce RTX 4090": "gpu"}
+    assert {name: benchlib.gpu_slug(name) for name in names} == names
+
+
+def test_a_protocol_run_cut_by_the_time_limit_keeps_its_evaluations(tmp_path):
+    stages = load("stages")
+    work, out = tmp_path / "main", tmp_path / "out"
+    run = work / "runs" / "main"
+    run.mkdir(parents=True)
+    lines = [{"step": 50, "train_seconds": 30.1, "train_bpd": 5.1},
+             {"step": 90, "train_seconds": 60.2, "test_bpd": 4.9, "test_bpd_stderr": 0.02, "at_seconds": 60.0}]
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(line) for line in lines) + "\n")
+    (run / "ckpt_00000090.pt").write_bytes(b"not collected")
+    record = stages.pack("main", work, out, "timeout", 465.0, 465.0)
+    assert record["status"] == "timeout" and record["figures"]["recovered_partial_runs"] == ["main"]
+    main = record["figures"]["runs"]["main"]
+    assert main["metrics"] is None and main["evaluations"] == lines[1:] and main["last_train_line"] == lines[0]
+    assert json.loads((out / "main.json").read_text())["figures"]["runs"]["main"]["evaluations"][0]["at_seconds"] == 60.0
+    import tarfile
+    with tarfile.open(out / "main.tar.gz") as tar:
+        assert tar.getnames() == ["main/cifar10_budget/main/metrics.jsonl"], "collected; the run folder stays behind"
+
+
+def test_gpu_run_skips_what_the_overall_limit_leaves_no_time_for(tmp_path):
+    proc = subprocess.run(["bash", "bench/gpu_run.sh", "env", "--smoke", "--until", "3", "--out", str(tmp_path)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin",
+                                                                                      "PYTHON": sys.executable})
+    assert proc.returncode == 0 and "env skipped" in proc.stdout, proc.stdout + proc.stderr
+    assert json.loads((tmp_path / "env.json").read_text())["status"] == "skipped"

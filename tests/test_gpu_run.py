@@ -1,0 +1,130 @@
+"""The GPU run script's smoke run: every stage but `port` on the CPU with tiny sizes, as a later GPU call would run them
+(bench/gpu_run.sh), each stage's files written and holding finite numbers; bench/table.py reads what bench wrote."""
+import json
+import math
+import os
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+STAGES = ["env", "bench", "main", "ablations", "kernels"]
+# bench/run.py figures that are rates, times, sizes or counts: finite and strictly positive
+POSITIVE = ["train_images_per_second", "train_step_ms", "train_first_step_seconds", "peak_memory_bytes",
+            "peak_memory_gib", "eval_images_per_second", "eval_batch_size", "eval_warmup_seconds", "sample_seconds",
+            "sample_seconds_min", "sample_images", "forward_gflop_per_image", "train_gflop_per_image_counted",
+            "peak_matmul_tflops", "train_tflops", "fraction_of_peak", "profile_kernels_per_step",
+            "profile_busy_ms_per_step", "profile_wall_ms_per_step"]
+
+
+def numbers(obj, path=""):
+    "Every number in a JSON value, with where it is."
+    if isinstance(obj, bool):
+        return
+    if isinstance(obj, (int, float)):
+        yield path, obj
+    elif isinstance(obj, dict):
+        for k, v in obj.items():
+            yield from numbers(v, f"{path}.{k}")
+    elif isinstance(obj, list):
+        for i, v in enumerate(obj):
+            yield from numbers(v, f"{path}[{i}]")
+
+
+@pytest.fixture(scope="module")
+def smoke(tmp_path_factory):
+    out = tmp_path_factory.mktemp("gpu-run")
+    env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
+    env.pop("OUT", None)
+    proc = subprocess.run(["bash", "bench/gpu_run.sh", *STAGES, "--smoke", "--out", str(out)], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    return out, proc.stdout
+
+
+def test_every_stage_writes_its_files_with_finite_numbers(smoke):
+    out, stdout = smoke
+    for stage in STAGES:
+        record = json.loads((out / f"{stage}.json").read_text())
+        assert record["stage"] == stage and record["status"] == "ok", (stage, record["status"], stdout[-3000:])
+        found = list(numbers(record["figures"]))
+        assert len(found) > 5, (stage, record["figures"])
+        bad = [(where, v) for where, v in found if not math.isfinite(v)]
+        assert not bad, (stage, bad[:5])
+        with tarfile.open(out / f"{stage}.tar.gz") as tar:
+            names = tar.getnames()
+        assert f"{stage}/log.txt" in names or stage == "env" and "env/env.json" in names, (stage, names)
+        assert not any(n.endswith(".pt") for n in names), "checkpoints stay behind"
+    summary = json.loads((out / "summary.json").read_text())
+    assert sorted(summary) == sorted(STAGES) and all(s["status"] == "ok" for s in summary.values())
+    assert "| stage | status |" in stdout and "port: not part of the smoke run" not in stdout
+
+
+def test_env_stage(smoke):
+    env = json.loads((smoke[0] / "env.json").read_text())["figures"]
+    assert env["device"]["torch"] == torch.__version__ and env["card"] == "cpu"
+    assert env["matmul"]["tflops"] > 0 and env["copy"]["gb_per_s"] > 0
+
+
+def test_bench_stage_times_the_trainers_step(smoke):
+    runs = json.loads((smoke[0] / "bench.json").read_text())["figures"]
+    assert set(runs) == {"cpu-tiny-b8-reference", "cpu-tiny-b8-amp-channels-last"}, sorted(runs)
+    for name, r in runs.items():
+        assert r["schema"] == "flowpp-bench-v2" and r["complete"] and not r["errors"], (name, r["errors"])
+        assert r["device"]["type"] == "cpu" and r["config"]["name"] == "tiny" and r["config"]["smoke"]
+        f = r["figures"]
+        for key in POSITIVE if name.endswith("reference") else ["train_images_per_second", "sample_seconds"]:
+            assert isinstance(f[key], (int, float)) and math.isfinite(f[key]) and f[key] > 0, (name, key, f.get(key))
+        assert f["train_losses_finite"] and f["train_nonfinite_steps"] == 0
+        assert r["profile"]["top"] and r["profile"]["kernels_per_step"] > 100
+        eq = f["equivalence"]
+        assert eq["passed"] and eq["bpd_rel_diff"] <= 1e-3 and eq["grad_cosine"] > 0.99, eq
+        assert r["vs_port_reference_md"]["comparable"] is False and "NOT COMPARABLE" in r["vs_port_reference_md"]["note"]
+    ref, fast = runs["cpu-tiny-b8-reference"], runs["cpu-tiny-b8-amp-channels-last"]
+    assert ref["options"] == {"amp": False, "amp_inverse": False, "channels_last": False, "compile": False,
+                              "compile_scope": "step", "compile_mode": None, "compile_backend": "inductor",
+                              "cuda_graph": False, "tf32": False, "kernels": False}
+    assert fast["options"]["amp"] and fast["options"]["channels_last"] and not fast["options"]["cuda_graph"]
+    assert ref["figures"]["decode_encode_exact"] and ref["figures"]["max_reconstruction_error_logit"] < 1e-3
+    assert ref["figures"]["equivalence"]["bpd_rel_diff"] == 0, "the reference against itself"
+    # the README's rows come from these files
+    with tarfile.open(smoke[0] / "bench.tar.gz") as tar:
+        safe = {"filter": "data"} if hasattr(tarfile, "data_filter") else {}
+        tar.extractall(smoke[0] / "unpacked", **safe)
+    files = sorted((smoke[0] / "unpacked" / "bench").glob("*.json"))
+    rows = subprocess.run([sys.executable, "bench/table.py", *map(str, files)], cwd=ROOT, capture_output=True,
+                          text=True, check=True).stdout.splitlines()
+    assert len(rows) == 2 + len(files) and rows[2].startswith("| fastest - compile - cuda_graph")
+
+
+def test_protocol_stages_collect_the_runs(smoke):
+    main = json.loads((smoke[0] / "main.json").read_text())["figures"]
+    m = main["runs"]["main"]["metrics"]
+    assert m["model"] == "cifar10" and m["steps"] == 2 and m["decode_encode_mismatched_pixels"] == 0
+    assert m["test_bpd_iw2"] > 0 and main["protocol"]["runs"]["main"]["parameters"] == m["parameters"]
+    ablations = json.loads((smoke[0] / "ablations.json").read_text())["figures"]
+    models = {name: r["metrics"]["model"] for name, r in ablations["runs"].items()}
+    assert models == {"uniform_dequantization": "cifar10_uniform_dequant", "affine_coupling": "cifar10_affine",
+                      "no_attention": "cifar10_no_attention"}
+    with tarfile.open(smoke[0] / "main.tar.gz") as tar:
+        names = tar.getnames()
+    # the layout results/cifar10_budget/ expects, ready to be copied there
+    for f in ("protocol.json", "main/metrics.json", "main/metrics.jsonl", "main/samples.png", "main/train.ipynb"):
+        assert f"main/cifar10_budget/{f}" in names, (f, names)
+
+
+def test_kernels_stage(smoke):
+    k = json.loads((smoke[0] / "kernels.json").read_text())["figures"]
+    assert k["kernels"]["results"] and k["kernels"]["device"]["interpreter"]
+    step = k["cpu-tiny-b8-kernels"]
+    assert step["options"]["kernels"] and step["complete"] and step["figures"]["equivalence"]["passed"]
+
+
+def test_bad_arguments_are_refused():
+    for args, message in ((["nonsense"], "unknown argument"), ([], "name at least one stage")):
+        proc = subprocess.run(["bash", "bench/gpu_run.sh", *args], cwd=ROOT, capture_output=True, text=True)
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
