@@ -11,7 +11,7 @@ summary.json, widths.json and figures/ablations_digits.png from every JSON in th
 Parameter matching. The official ablations widened the conditioners to keep the full model's parameter count:
 uniform dequantization has no dequantizer, so its main flow went from 96 to 104 filters; affine coupling has much
 smaller output convolutions, so both the main flow and the dequantizer went from 96 to 108; no self-attention keeps
-96 with a pointwise mixer of the same size. Here every ablation's widths are searched the same way: the main flow's
+96 with a maxout mixer of the same size. Here every ablation's widths are searched the same way: the main flow's
 filters F and (where a dequantizer exists) its filters G are widened by a common factor from the digits' 32 and 16,
 each rounded to a multiple of the 4 attention heads (G to either neighbour of 16 F / 32), and the pair whose total
 parameter count is closest to the full model's is taken. `widths.json` lists every candidate, and also the
@@ -38,7 +38,7 @@ ABLATIONS = {
     "full": {},
     "uniform_dequantization": {"dequantizer": "uniform"},
     "affine_coupling": {"coupling": "affine"},
-    "no_attention": {"mixer": "pointwise", "dequant_mixer": "pointwise"},
+    "no_attention": {"mixer": "maxout", "dequant_mixer": "maxout"},
 }
 LABELS = {"full": "Flow++ (full)", "uniform_dequantization": "uniform dequantization",
           "affine_coupling": "affine coupling", "no_attention": "no self-attention"}

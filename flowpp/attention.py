@@ -15,7 +15,7 @@ from .layers import DATA_INIT_EPS, DataInitModule
 
 # %% auto #0
 __all__ = ['CONV_INIT_STD', 'LAYERNORM_EPS', 'POS_EMB_INIT_STD', 'MIXERS', 'concat_elu', 'Conv2d', 'nin', 'ChannelLayerNorm',
-           'GatedConv', 'GatedAttention', 'GatedPointwiseMLP', 'Conditioner']
+           'GatedConv', 'GatedAttention', 'GatedMaxout', 'Conditioner']
 
 # %% ../nbs/04_attention.ipynb #d90f6598
 def concat_elu(x: torch.Tensor) -> torch.Tensor:
@@ -153,7 +153,7 @@ class GatedAttention(nn.Module):
         return h + value * torch.sigmoid(gate)
 
 # %% ../nbs/04_attention.ipynb #31297ca6
-class GatedPointwiseMLP(nn.Module):
+class GatedMaxout(nn.Module):
     "The no-attention ablation: GatedAttention's layers and parameters, with a per-position maxout instead of attention."
 
     def __init__(self, filters: int, heads: int = 4, dropout: float = 0.0, weight_norm: bool = False):
@@ -170,7 +170,7 @@ class GatedPointwiseMLP(nn.Module):
         return h + value * torch.sigmoid(gate)
 
 # %% ../nbs/04_attention.ipynb #4401a620
-MIXERS = {"attention": GatedAttention, "pointwise": GatedPointwiseMLP}
+MIXERS = {"attention": GatedAttention, "maxout": GatedMaxout}
 
 
 class Conditioner(nn.Module):
@@ -181,14 +181,14 @@ class Conditioner(nn.Module):
                  filters: int = 96, blocks: int = 10, heads: int = 4,
                  context_channels: int = 0,  # channels of the context fed to each gated conv (0: none)
                  dropout: float = 0.0,
-                 mixer: str = "attention",  # "attention", "pointwise" (no-attention ablation) or "none"
+                 mixer: str = "attention",  # "attention", "maxout" (no-attention ablation) or "none"
                  init_scale: float = 0.1,  # std of the output at data-dependent init
                  head_concat_elu: bool = False,  # concat_elu before the output conv (official ImageNet models)
                  weight_norm: bool = False,  # weight-normalised layers (official ImageNet 32x32)
                  unused_pos_emb: bool = False):  # keep a frozen positional embedding when mixer="none"
         super().__init__()
         if mixer not in (*MIXERS, "none"):
-            raise ValueError(f"unknown mixer {mixer!r}; choose 'attention', 'pointwise' or 'none'")
+            raise ValueError(f"unknown mixer {mixer!r}; choose 'attention', 'maxout' or 'none'")
         wn = dict(weight_norm=weight_norm)
         self.proj_in = Conv2d(in_channels, filters, 3, **wn)
         self.pos_emb = None

@@ -120,10 +120,10 @@ class CouplingStep(nn.Module):
     "actnorm on each half, optional 1x1 conv on each half, then a coupling of the second half given the first."
 
     def __init__(self, coupling: Coupling, channels: int, height: int, width: int,  # (C, H, W) of one half
-                 pointwise: bool = True):  # one invertible 1x1 convolution per half
+                 conv1x1: bool = True):  # one invertible 1x1 convolution per half
         super().__init__()
         self.norms = nn.ModuleList(ActNorm(channels, height, width) for _ in range(2))
-        self.convs = nn.ModuleList(InvertibleConv1x1(channels) for _ in range(2)) if pointwise else None
+        self.convs = nn.ModuleList(InvertibleConv1x1(channels) for _ in range(2)) if conv1x1 else None
         self.coupling = coupling
 
     def forward(self, x1, x2, cond=None):
@@ -176,7 +176,7 @@ class CouplingStage(Flow):
 def coupling_stage(split: Split, steps: int,
                    channels: int, height: int, width: int,  # (C, H, W) of the stage's input
                    kind: str = "mixlogistic",  # "mixlogistic" (Flow++) or "affine" (ablation)
-                   components: int = 32, pointwise: bool = True,
+                   components: int = 32, conv1x1: bool = True,
                    **conditioner) -> CouplingStage:  # Conditioner options
     "A stage of `steps` coupling steps on the halves of `split`."
     C, H, W = split.half_shape(channels, height, width)
@@ -188,4 +188,4 @@ def coupling_stage(split: Split, steps: int,
             return AffineCoupling(C, C, H, W, **conditioner)
         return MixLogisticCoupling(C, C, H, W, components=components, **conditioner)
 
-    return CouplingStage(split, [CouplingStep(coupling(), C, H, W, pointwise) for _ in range(steps)])
+    return CouplingStage(split, [CouplingStep(coupling(), C, H, W, conv1x1) for _ in range(steps)])

@@ -15,7 +15,7 @@ from torch import nn
 from .core import Flow
 
 # %% auto #0
-__all__ = ['INPUT_MARGIN', 'DATA_INIT_EPS', 'SPLITS', 'POINTWISE_INIT_NOISE', 'ImageToLogit', 'DataInitModule', 'data_init',
+__all__ = ['INPUT_MARGIN', 'DATA_INIT_EPS', 'SPLITS', 'CONV1X1_INIT_NOISE', 'ImageToLogit', 'DataInitModule', 'data_init',
            'is_initialized', 'ActNorm', 'Split', 'StripeSplit', 'CheckerboardSplit', 'ChannelSplit', 'get_split',
            'Squeeze', 'logabsdet', 'InvertibleConv1x1']
 
@@ -240,7 +240,7 @@ def logabsdet(weight: torch.Tensor) -> torch.Tensor:
     return total
 
 # %% ../nbs/03_layers.ipynb #ba4d156c
-POINTWISE_INIT_NOISE = 1e-3  # W starts at I + 1e-3 * N(0, 1): close to the identity, but not exactly
+CONV1X1_INIT_NOISE = 1e-3  # W starts at I + 1e-3 * N(0, 1): close to the identity, but not exactly
 
 
 def _apply_matrix(m: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
@@ -254,7 +254,7 @@ class InvertibleConv1x1(Flow):
 
     def __init__(self, channels: int):
         super().__init__()
-        self.weight = nn.Parameter(torch.eye(channels) + POINTWISE_INIT_NOISE * torch.randn(channels, channels))
+        self.weight = nn.Parameter(torch.eye(channels) + CONV1X1_INIT_NOISE * torch.randn(channels, channels))
 
     def _logdet(self, x, sign):
         # log|det J| = H W log|det W|

@@ -21,7 +21,8 @@ from .dequantizer import VariationalDequantizer, parse_stage, variational_dequan
 from .layers import ActNorm, DataInitModule, ImageToLogit, InvertibleConv1x1, Squeeze, data_init, get_split
 
 # %% auto #0
-__all__ = ['CONFIGS', 'FlowPlusPlusConfig', 'get_config', 'FlowPlusPlus', 'parameter_table']
+__all__ = ['CONFIGS', 'RENAMED_FIELDS', 'RENAMED_VALUES', 'FlowPlusPlusConfig', 'current_names', 'get_config', 'FlowPlusPlus',
+           'parameter_table']
 
 # %% ../nbs/07_model.ipynb #f9e7443e
 def _latent_shape(image_shape: tuple[int, int, int],  # (C, H, W)
@@ -52,9 +53,9 @@ class FlowPlusPlusConfig:
     filters: int = 96  # conditioner width n_f
     blocks: int = 10  # conditioner blocks per coupling
     heads: int = 4  # attention heads
-    mixer: str = "attention"  # "attention", "pointwise" (no-attention ablation) or "none"
+    mixer: str = "attention"  # "attention", "maxout" (no-attention ablation) or "none"
     dropout: float = 0.2
-    pointwise: bool = True  # an invertible 1x1 convolution per half before each coupling
+    conv1x1: bool = True  # an invertible 1x1 convolution per half before each coupling
     head_concat_elu: bool = False  # concat_elu before each conditioner's output conv (official ImageNet models)
     weight_norm: bool = False  # weight-normalised conditioner layers (official ImageNet 32x32)
     dequantizer: str = "variational"  # "variational" (Flow++) or "uniform" (ablation)
@@ -74,7 +75,7 @@ class FlowPlusPlusConfig:
         if self.num_levels < 2:
             raise ValueError(f"num_levels must be at least 2, got {self.num_levels}")
         for name, allowed in (("coupling", ("mixlogistic", "affine")), ("dequantizer", ("variational", "uniform")),
-                              ("mixer", ("attention", "pointwise", "none")), ("dequant_mixer", ("attention", "pointwise", "none"))):
+                              ("mixer", ("attention", "maxout", "none")), ("dequant_mixer", ("attention", "maxout", "none"))):
             if getattr(self, name) not in allowed:
                 raise ValueError(f"{name} must be one of {allowed}, got {getattr(self, name)!r}")
         _latent_shape(self.image_shape, self.stages)  # a bad stage list fails here, not deep inside a layer
@@ -90,18 +91,18 @@ CONFIGS: dict[str, FlowPlusPlusConfig] = {
     # the official CIFAR-10 ablations (their own filter counts)
     "cifar10_uniform_dequant": FlowPlusPlusConfig(dequantizer="uniform", filters=104),
     "cifar10_affine": FlowPlusPlusConfig(coupling="affine", filters=108, dequant_filters=108),
-    "cifar10_no_attention": FlowPlusPlusConfig(mixer="pointwise", dequant_mixer="pointwise"),
+    "cifar10_no_attention": FlowPlusPlusConfig(mixer="maxout", dequant_mixer="maxout"),
     # the official ImageNet 32x32 model, 168,955,724 parameters
     "imagenet32": FlowPlusPlusConfig(
         stages=("stripes:4", "stripes:3", "squeeze", "channels:3", "stripes:3"), filters=128, blocks=20,
-        dropout=0.0, pointwise=False, head_concat_elu=True, weight_norm=True,
+        dropout=0.0, conv1x1=False, head_concat_elu=True, weight_norm=True,
         dequant_stages=("stripes:4", "stripes:4"), dequant_filters=128, dequant_blocks=8,
         context_blocks=8, context_layer_norm=True, context_attention=True),
     # the official ImageNet 64x64 model, 73,489,960 parameters
     "imagenet64": FlowPlusPlusConfig(
         image_shape=(3, 64, 64),
         stages=("squeeze", "stripes:4", "squeeze", "channels:2", "stripes:2", "squeeze", "channels:2", "stripes:2"),
-        filters=96, blocks=16, components=4, dropout=0.0, pointwise=False, head_concat_elu=True,
+        filters=96, blocks=16, components=4, dropout=0.0, conv1x1=False, head_concat_elu=True,
         dequant_filters=96, dequant_blocks=5, dequant_mixer="none", dequant_unused_pos_emb=True,
         context_blocks=5, context_layer_norm=True),
     # small models for CPU tests and demos
@@ -131,8 +132,20 @@ def _typed(name: str, value, hint):
     return float(value) if hint is float else value
 
 
+# names that older checkpoints and scripts used: the 1x1 convolutions were `pointwise`, the maxout mixer `"pointwise"`
+RENAMED_FIELDS = {"pointwise": "conv1x1"}
+RENAMED_VALUES = {"mixer": {"pointwise": "maxout"}, "dequant_mixer": {"pointwise": "maxout"}}
+
+
+def current_names(fields: dict) -> dict:
+    "Config fields written under older names (a saved checkpoint's, a script's overrides) under today's names."
+    renamed = {RENAMED_FIELDS.get(k, k): v for k, v in fields.items()}
+    return {k: RENAMED_VALUES.get(k, {}).get(v, v) if isinstance(v, str) else v for k, v in renamed.items()}
+
+
 def get_config(name_or_config: str | FlowPlusPlusConfig, **overrides) -> FlowPlusPlusConfig:
-    "A config by name (see CONFIGS) or as given, with fields replaced by `overrides` (type-checked)."
+    "A config by name (see CONFIGS) or as given, with fields replaced by `overrides` (type-checked, older names accepted)."
+    overrides = current_names(overrides)
     if isinstance(name_or_config, FlowPlusPlusConfig):
         config = name_or_config
     elif name_or_config in CONFIGS:
@@ -179,7 +192,7 @@ def _main_flow(config: FlowPlusPlusConfig) -> tuple[SequentialFlow, tuple[int, i
             shape = (4 * shape[0], shape[1] // 2, shape[2] // 2)
         else:
             flows.append(coupling_stage(get_split(op), steps, *shape, kind=config.coupling,
-                                        components=config.components, pointwise=config.pointwise,
+                                        components=config.components, conv1x1=config.conv1x1,
                                         filters=config.filters, blocks=config.blocks, mixer=config.mixer,
                                         **_conditioner_options(config)))
     return SequentialFlow(*flows), shape
@@ -192,7 +205,7 @@ def _dequantizer(config: FlowPlusPlusConfig) -> nn.Module:
     return variational_dequantizer(
         config.image_shape, config.num_levels, config.dequant_stages, config.context_channels,
         config.context_blocks, config.context_layer_norm, config.context_attention,
-        kind=config.coupling, components=config.components, pointwise=config.pointwise,
+        kind=config.coupling, components=config.components, conv1x1=config.conv1x1,
         filters=config.dequant_filters, blocks=config.dequant_blocks, mixer=config.dequant_mixer,
         unused_pos_emb=config.dequant_unused_pos_emb, **_conditioner_options(config))
 
