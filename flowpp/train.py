@@ -600,8 +600,8 @@ def _finish(self: Trainer, stop: list, stats: dict, steps_taken: int) -> dict:
 def load_model(path: str | Path, ema: bool = True, map_location="cpu") -> FlowPlusPlus:
     "The model of a checkpoint (EMA weights by default) or of an exported weights file, in eval mode."
     state = load_checkpoint(path, map_location)
-    model = FlowPlusPlus(FlowPlusPlusConfig(**{k: tuple(v) if isinstance(v, list) else v
-                                               for k, v in state["model_config"].items()}))
+    # the saved fields, type-checked and under today's names (older checkpoints used a few others)
+    model = FlowPlusPlus(get_config(FlowPlusPlusConfig(), **state["model_config"]))
     if "model" not in state and not ema:
         raise ValueError(f"{path} holds exported EMA weights only; load it with ema=True")
     model.load_state_dict(state["ema" if ema else "model"])
