@@ -116,23 +116,19 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def fast_path_from(args, device: torch.device):
-    "(FastPath, kernels on?) from --path and the switches given."
+    "The FastPath of --path with the switches given."
     from flowpp.fast import FastPath
     base = {"reference": FastPath(), "fastest": FastPath.fastest(), "default": FastPath.default_for(device)}[args.path]
     changes = {name: getattr(args, name) for name in SWITCHES if getattr(args, name) is not None}
     for name in ("compile_scope", "compile_mode", "compile_backend"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
-    kernels = bool(args.kernels)
-    if "kernels" in {f.name for f in dataclasses.fields(FastPath)}:  # a FastPath that carries the switch itself
-        changes["kernels"] = kernels if args.kernels is not None else base.kernels
-        kernels = changes["kernels"]
     fast = dataclasses.replace(base, **changes)
     fast.check_device(device)
-    return fast, kernels
+    return fast
 
 
-def label_of(args, fast, kernels: bool) -> str:
+def label_of(args, fast) -> str:
     "'fastest', 'fastest - cuda_graph', 'reference + amp + channels_last', ... from the path and what was changed."
     from flowpp.fast import FastPath
     base = {"reference": FastPath(), "fastest": FastPath.fastest(), "default": FastPath.default_for(fast_device(args))}[args.path]
@@ -141,20 +137,11 @@ def label_of(args, fast, kernels: bool) -> str:
         a, b = getattr(base, f.name), getattr(fast, f.name)
         if a != b:
             parts.append(f"+ {f.name}" if b is True else f"- {f.name}" if b is False else f"{f.name}={b}")
-    if kernels and not any("kernels" in s for s in parts):
-        parts.append("+ kernels")
     return " ".join(parts)
 
 
 def fast_device(args) -> torch.device:
     return benchlib.pick_device(args.device)
-
-
-def use_kernels_on(model, kernels: bool, fast) -> None:
-    "Switch the model's mixture couplings to the fused kernels where FastPath has no switch of its own for them."
-    if kernels and not hasattr(fast, "kernels"):
-        from flowpp.kernels import use_kernels
-        use_kernels(model, True)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -208,7 +195,7 @@ class Run:
             os.environ.setdefault("TRITON_INTERPRET", "1")
         if args.warmup_iters is None:  # the CUDA-graph warm-up, the capture, and one replay before the timed loop
             args.warmup_iters = CUDA_GRAPH_WARMUP + 2
-        self.fast, self.kernels = fast_path_from(args, device)
+        self.fast = fast_path_from(args, device)
         overrides = {}
         for item in args.set:
             k, _, v = item.partition("=")
@@ -233,7 +220,6 @@ class Run:
         # the initial weights, off the GPU: the reference models of the flops and equivalence phases start from them
         self.pristine = {k: v.detach().to("cpu", copy=True) for k, v in model.state_dict().items()}
         ema = copy.deepcopy(model).eval().requires_grad_(False)
-        use_kernels_on(model, self.kernels, self.fast)
         if device.type == "cuda" and "profile" in args.phases:
             # the profiler's CUDA side is set up before any CUDA graph is captured: profiling the replay of a graph
             # captured before the profiler's first use has failed in some PyTorch versions (pytorch/pytorch#75504)
@@ -246,7 +232,7 @@ class Run:
         self.figures: dict = {}
         self.result = {
             "schema": SCHEMA,
-            "label": args.label or label_of(args, self.fast, self.kernels),
+            "label": args.label or label_of(args, self.fast),
             "path": args.path,
             "complete": False, "phases_done": [], "phases_requested": args.phases, "errors": {},
             "device": benchlib.device_info(device),
@@ -259,7 +245,7 @@ class Run:
                        "seed": args.seed, "data": self.source, "smoke": args.smoke, "overrides": overrides,
                        "model_config": {k: list(v) if isinstance(v, tuple) else v
                                         for k, v in dataclasses.asdict(config).items()}},
-            "options": {**dataclasses.asdict(self.fast), "kernels": self.kernels},
+            "options": dataclasses.asdict(self.fast),
             "figures": self.figures,
             "command": benchlib.command_line(),
         }
@@ -375,31 +361,7 @@ class Run:
         from flowpp.model import FlowPlusPlus
         ref = FlowPlusPlus(self.config).to(self.device)
         ref.load_state_dict(self.pristine)
-        if self.kernels and not hasattr(self.fast, "kernels"):
-            self.figures["equivalence"] = kernel_equivalence(ref, self.x_train, self.fast, self.args.seed)
-        else:
-            self.figures["equivalence"] = equivalence(ref, self.x_train, self.fast, seed=self.args.seed)
-
-
-def kernel_equivalence(model, x, fast, seed: int) -> dict:
-    "flowpp.fast.equivalence's comparison for a path with the fused kernels switched on by flowpp.kernels.use_kernels."
-    from flowpp import fast as F
-    from flowpp.kernels import use_kernels
-    fast = dataclasses.replace(fast, cuda_graph=False)
-    x = x.to(next(model.parameters()).device)
-    noise = F.dequantization_noise(model, x, torch.Generator().manual_seed(seed))
-    ref_bpd, ref_grad = F._bpd_and_grad(F.TrainStep(copy.deepcopy(model), F.FastPath()), x, noise)
-    kernel_model = copy.deepcopy(model)
-    use_kernels(kernel_model, True)
-    t0 = time.perf_counter()
-    fast_bpd, fast_grad = F._bpd_and_grad(F.TrainStep(kernel_model, fast), x, noise)
-    rel = ((fast_bpd.mean() - ref_bpd.mean()).abs() / ref_bpd.mean().abs()).item()
-    cosine = (fast_grad @ ref_grad / (fast_grad.norm() * ref_grad.norm())).item()
-    return {"bpd_reference": ref_bpd.mean().item(), "bpd_fast": fast_bpd.mean().item(), "bpd_rel_diff": rel,
-            "bpd_rel_diff_max_image": ((fast_bpd - ref_bpd).abs() / ref_bpd.abs()).max().item(),
-            "grad_cosine": cosine, "grad_norm_ratio": (fast_grad.norm() / ref_grad.norm()).item(), "images": len(x),
-            "fast_seconds": time.perf_counter() - t0,
-            "passed": rel <= F.BPD_RTOL and cosine > F.MIN_GRAD_COSINE, "kernels": True}
+        self.figures["equivalence"] = equivalence(ref, self.x_train, self.fast, seed=self.args.seed)
 
 
 def main(argv=None) -> dict:

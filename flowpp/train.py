@@ -78,6 +78,7 @@ class TrainConfig:
     compile_backend: str = "inductor"  # "inductor", or "aot_eager" (traces only; for tests on a CPU)
     cuda_graph: bool | None = None  # replay the whole step as one CUDA graph (None: on with CUDA in one process)
     tf32: bool = False  # let the conditioners' convolutions and matmuls use TF32 on a GPU
+    kernels: bool = False  # the mixture couplings as fused Triton kernels (notebook 09a; CUDA only)
     data_on_device: bool | None = None  # keep the training images on the device (None: on a GPU if under a quarter of its memory)
     progress: bool = True  # tqdm progress bar
 
@@ -96,7 +97,7 @@ class TrainConfig:
             raise ValueError(f"lr_decay_start ({self.lr_decay_start}) must come after the warm-up ({self.warmup_steps} steps)")
         if self.compile_scope not in COMPILE_SCOPES:
             raise ValueError(f"compile_scope must be one of {COMPILE_SCOPES}, got {self.compile_scope!r}")
-        if self.reference and any(getattr(self, n) for n in ("amp", "channels_last", "compile", "cuda_graph", "tf32")):
+        if self.reference and any(getattr(self, n) for n in ("amp", "channels_last", "compile", "cuda_graph", "tf32", "kernels")):
             raise ValueError("reference=True means every fast-path switch off; do not also switch one on")
         self.eval_at_seconds = sorted(float(s) for s in self.eval_at_seconds)
 
@@ -127,7 +128,8 @@ def fast_path_for(config: TrainConfig, device: torch.device | str, world_size: i
     pick = lambda name: getattr(default, name) if getattr(config, name) is None else getattr(config, name)
     return FastPath(amp=pick("amp"), channels_last=pick("channels_last"), compile=pick("compile"),
                     compile_scope=config.compile_scope, compile_mode=config.compile_mode,
-                    compile_backend=config.compile_backend, cuda_graph=pick("cuda_graph"), tf32=config.tf32)
+                    compile_backend=config.compile_backend, cuda_graph=pick("cuda_graph"), tf32=config.tf32,
+                    kernels=config.kernels)
 
 # %% ../nbs/10_train.ipynb #10bf745a
 TRAIN_PRESETS: dict[str, dict] = {

@@ -29,13 +29,13 @@ cpu = torch.device("cpu")
 def test_paths_and_switches():
     from flowpp.fast import FastPath
     args = run.parse_args(["--out", "x.json", "--path", "fastest", "--no-cuda-graph", "--compile-backend", "aot_eager"])
-    fast, kernels = run.fast_path_from(args, cpu)
-    assert fast == FastPath(amp=True, channels_last=True, compile=True, compile_backend="aot_eager") and not kernels
-    assert run.label_of(args, fast, kernels) == "fastest compile_backend=aot_eager - cuda_graph"
+    fast = run.fast_path_from(args, cpu)
+    assert fast == FastPath(amp=True, channels_last=True, compile=True, compile_backend="aot_eager")
+    assert run.label_of(args, fast) == "fastest compile_backend=aot_eager - cuda_graph"
     args = run.parse_args(["--out", "x.json", "--amp", "--channels-last"])
-    fast, _ = run.fast_path_from(args, cpu)
-    assert fast == FastPath(amp=True, channels_last=True) and run.label_of(args, fast, False) == "reference + amp + channels_last"
-    assert run.fast_path_from(run.parse_args(["--out", "x", "--path", "default"]), cpu)[0].is_reference
+    fast = run.fast_path_from(args, cpu)
+    assert fast == FastPath(amp=True, channels_last=True) and run.label_of(args, fast) == "reference + amp + channels_last"
+    assert run.fast_path_from(run.parse_args(["--out", "x", "--path", "default"]), cpu).is_reference
     with pytest.raises(ValueError, match="needs a CUDA device"):  # the trainer's GPU step asked for on a CPU
         run.fast_path_from(run.parse_args(["--out", "x", "--path", "fastest"]), cpu)
 
