@@ -36,7 +36,7 @@ PATHS = ("reference", "fastest", "default")
 # the phases in the order they run; each one's figures are written as soon as it ends, so a run stopped by a time
 # limit keeps what it measured (the compile-heavy phases come last)
 PHASES = ("train", "sample", "flops", "profile", "eval", "reconstruction", "equivalence")
-SWITCHES = ("amp", "amp_inverse", "channels_last", "compile", "cuda_graph", "tf32")
+SWITCHES = ("amp", "amp_inverse", "channels_last", "compile", "cuda_graph", "tf32", "kernels")
 
 # The 2019 PyTorch port on one H100 (torch 2.11), CIFAR config, batch 64, quoted from ../shared/docs/reference.md,
 # "Measured on one H100". The port measured on the same card in the same call (bench/port_bench.py) is the

@@ -36,6 +36,7 @@ def test_paths_and_switches():
     fast = run.fast_path_from(args, cpu)
     assert fast == FastPath(amp=True, channels_last=True) and run.label_of(args, fast) == "reference + amp + channels_last"
     assert run.fast_path_from(run.parse_args(["--out", "x", "--path", "default"]), cpu).is_reference
+    assert run.fast_path_from(run.parse_args(["--out", "x", "--kernels"]), cpu) == FastPath(kernels=True)
     with pytest.raises(ValueError, match="needs a CUDA device"):  # the trainer's GPU step asked for on a CPU
         run.fast_path_from(run.parse_args(["--out", "x", "--path", "fastest"]), cpu)
 
