@@ -41,6 +41,8 @@ REPORT_STEPS = (800, 1200, 1600, 2000)  # the step budgets the table reads off e
 ABLATION_SUMMARY = ROOT / "results" / "ablations_digits" / "summary.json"
 # the curves fall steeply over the first few hundred steps; the figure's y-axes are scaled to the steps from here on
 FIRST_SHOWN_STEP = 300
+# a `make demo` run (seed 0, dropout 0, 240 s of training on 2 threads; the step count is where its clock ran out)
+DEMO_RUN = ROOT / "results" / "demo_run.json"
 CHECK_PREFIX = "eval_check"  # the file names of the --check-eval records (not runs of the curve)
 
 
@@ -62,16 +64,17 @@ def weights_sha256(module: torch.nn.Module) -> str:
 
 
 class CurveTrainer(Trainer):
-    "The Trainer, also evaluating the EMA weights on the training images at every evaluation, with progress lines."
+    "The Trainer, also evaluating the EMA weights on the training images at every evaluation; a progress line each."
 
     train_set_eval = True  # evaluate on the training images too (off: the plain Trainer's evaluation only)
-    log_file = None  # where the progress lines go (None: stdout)
 
     def _eval_line(self, **extra) -> dict:
         t0 = time.perf_counter()
         ev = super()._eval_line(**extra)
         line = f"step {self.step}: test {ev['bpd']:.4f} bits/dim"
-        if self.train_set_eval:
+        done = self.__dict__.setdefault("train_set_steps", set())
+        if self.train_set_eval and self.step not in done:  # the final evaluation repeats the last periodic one
+            done.add(self.step)
             self._sync_clock()  # the clock is paused around evaluation, as for the test evaluation
             # its own seeded stream, like the test evaluation: training draws nothing less or more
             with torch.random.fork_rng(devices=[]):
@@ -81,10 +84,12 @@ class CurveTrainer(Trainer):
                        "train_set_images": tr["n"]})
             self._resume_clock()
             line += f", training set {tr['bpd']:.4f}"
+        elif self.train_set_eval:
+            line += " (again)"
         self.eval_seconds = getattr(self, "eval_seconds", 0.0) + time.perf_counter() - t0
         rate = self.step / self.train_seconds if self.train_seconds else float("nan")
         print(f"{self.out_dir.name} {line}, {rate:.2f} steps/s over {self.train_seconds:.0f} s of training",
-              file=self.log_file, flush=True)
+              flush=True)
         return ev
 
 
@@ -264,6 +269,23 @@ def reference() -> dict | None:
                     "test_bpd_stderr": row["test_bpd_stderr"], "test_bpd_by_seed": row["test_bpd_by_seed"]}
 
 
+def demo_run() -> dict | None:
+    "The committed `make demo` run's step count and test bits/dim (one sample)."
+    if not DEMO_RUN.exists():
+        return None
+    d = json.loads(DEMO_RUN.read_text())
+    return {k: d[k] for k in ("steps", "train_seconds", "test_bpd", "test_bpd_stderr")}
+
+
+def reference_agreement(runs: list[dict], ref: dict) -> list[dict]:
+    "The dropout-0 runs' test bits/dim at the reference's step count against the reference's runs of the same seeds."
+    there = dict(zip(ref["seeds"], ref["test_bpd_by_seed"]))
+    return [{"seed": r["seed"], "here": at(r, ref["steps"]), "there": there[r["seed"]],
+             "identical": at(r, ref["steps"]) == there[r["seed"]]}
+            for r in sorted(runs, key=lambda r: r["seed"])
+            if r["dropout"] == 0 and r["seed"] in there and at(r, ref["steps"]) is not None]
+
+
 def fmt(v: float | None) -> str:
     return "-" if v is None else f"{v:.4f}"
 
@@ -302,8 +324,16 @@ def table(runs: list[dict], summary: dict, checks: list[dict], commands: list[st
         for c in sorted(checks, key=lambda c: (c["seed"], c["dropout"], c["steps"])):
             out.append(f"| {c['seed']} | {c['dropout']:g} | {c['steps']} | {c['runs']['with_eval']['test_bpd']!r} | "
                        f"{c['runs']['without_eval']['test_bpd']!r} | {'yes' if c['same_weights'] else 'NO'} |")
-    ref_text = (f" The 800-step reference: the full model of `results/ablations_digits` (dropout 0, the same settings), "
-                f"{ref['test_bpd_mean']:.4f} ± {ref['test_bpd_stderr']:.4f} over {len(ref['seeds'])} seeds.") if ref else ""
+    ref_text = ""
+    if ref:
+        ref_text = (f" The {ref['steps']}-step reference: the full model of `results/ablations_digits` (dropout 0, the "
+                    f"same settings, evaluated only at the end), {ref['test_bpd_mean']:.4f} ± {ref['test_bpd_stderr']:.4f} "
+                    f"over {len(ref['seeds'])} seeds.")
+        same = reference_agreement(runs, ref)
+        if same:
+            ref_text += (f" This sweep's dropout-0 curves at step {ref['steps']}, seed by seed against those runs: "
+                         + "; ".join(f"seed {a['seed']} {a['here']!r} and {a['there']!r} "
+                                     f"({'identical' if a['identical'] else 'DIFFERENT'})" for a in same) + ".")
     out += [
         "", "Test bits/dim of the EMA weights on the 300 test digits, one dequantization sample (as `make demo` reports "
         f"it), evaluated every {runs[0]['eval_every']} steps of one run per seed; the training set column evaluates the "
@@ -338,6 +368,10 @@ def draw(runs: list[dict], summary: dict, ref: dict | None):
         ax0.errorbar([ref["steps"]], [ref["test_bpd_mean"]], yerr=[2 * ref["test_bpd_stderr"]], fmt="s", color="k",
                      capsize=4, ms=6, zorder=5, label=f"ablation sweep, {ref['steps']} steps: mean ± 2 s.e. "
                                                       f"({len(ref['seeds'])} seeds)")
+    demo = demo_run()
+    if demo:
+        ax0.plot([demo["steps"]], [demo["test_bpd"]], "D", color="0.45", ms=6, zorder=5,
+                 label=f"`make demo`, seed 0 ({DEMO_RUN.name}: {demo['train_seconds']:.0f} s on 2 threads)")
     # the early steps are far above the rest; the axes show the part of the curves the question is about
     late = [c["test_bpd"] for r in runs for c in r["curve"] if c["step"] >= FIRST_SHOWN_STEP] or \
         [c["test_bpd"] for r in runs for c in r["curve"]]
@@ -368,7 +402,8 @@ def report(out: Path, figure_path: Path) -> dict:
     ref = reference()
     commands = sorted({r["command"] for r in runs} | {c["command"] for c in checks})
     (out / "summary.json").write_text(json.dumps({
-        **summary, "reference_800_steps": ref,
+        **summary, "reference_800_steps": ref, "reference_agreement": reference_agreement(runs, ref) if ref else [],
+        "demo_run": demo_run(),
         "eval_checks": [{k: c[k] for k in ("seed", "dropout", "steps", "same_weights", "same_test_bpd",
                                            "test_bpd_difference")} for c in checks],
         "commands": commands, "environment": runs[0]["environment"]}, indent=1) + "\n")

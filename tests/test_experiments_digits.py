@@ -46,3 +46,27 @@ def test_sweep_skips_finished_runs_and_reports(tmp_path):
 def test_results_notebook_runs_on_the_committed_results(tmp_path):
     papermill.execute_notebook(str(NOTEBOOK), str(tmp_path / "out.ipynb"), cwd=str(NOTEBOOK.parent),
                                progress_bar=False, kernel_name="python3")
+
+
+def test_steps_curve_is_evaluated_without_changing_training(tmp_path, capsys):
+    import steps_digits
+    out = tmp_path / "steps"
+    a = steps_digits.curve_run(out / steps_digits.run_name(4, 0.2, 0), seed=0, steps=4, dropout=0.2, eval_every=2,
+                               runs_dir=tmp_path / "work")
+    assert [c["step"] for c in a["curve"]] == [2, 4] and all("train_set_bpd" in c for c in a["curve"])
+    assert a["test_images"] == 300 and a["train_set_images"] == 1497 and len(a["train_bpd_trace"]) == 4
+    assert a["curve"][-1]["test_bpd"] == a["test_bpd"] and a["best_test_bpd"] == min(c["test_bpd"] for c in a["curve"])
+    assert a["model_overrides"] == {"dropout": 0.2} and a["curve"][0]["test_bpd"] != a["curve"][1]["test_bpd"]
+    # evaluating (test and training set) on the way leaves the trained weights bit for bit as they were
+    b = steps_digits.curve_run(tmp_path / "b" / "run.json", seed=0, steps=4, dropout=0.2, eval_every=0,
+                               train_set_eval=False, runs_dir=tmp_path / "work", write=False)
+    assert b["weights_sha256"] == a["weights_sha256"] and b["test_bpd"] == a["test_bpd"]
+    assert [c["step"] for c in b["curve"]] == [4] and "train_set_bpd" not in b["curve"][0]
+    assert not (tmp_path / "work" / "steps" / "steps4_dropout0.2_seed0").exists()  # checkpoints are not kept
+    # the sweep skips the finished run and reports
+    steps_digits.main(["--out", str(out), "--figure", str(tmp_path / "steps.png"), "--steps", "4", "--eval-every", "2",
+                       "--seeds", "0", "--dropouts", "0.2"])
+    assert "skip steps4_dropout0.2_seed0.json" in capsys.readouterr().out
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["settings"][0]["best_test_bpd_mean"] == a["best_test_bpd"] and (tmp_path / "steps.png").exists()
+    assert "dropout 0.2" in (out / "table.md").read_text()
