@@ -42,7 +42,7 @@ ABLATION_SUMMARY = ROOT / "results" / "ablations_digits" / "summary.json"
 # the curves fall steeply over the first few hundred steps; the figure's y-axes are scaled to the steps from here on
 FIRST_SHOWN_STEP = 300
 # a `make demo` run (seed 0, dropout 0, 240 s of training on 2 threads; the step count is where its clock ran out)
-DEMO_RUN = ROOT / "results" / "demo_run.json"
+DEMO_RUN = ROOT / "results" / "demo_run_dropout0.json"  # a make demo run from before it trained with dropout
 CHECK_PREFIX = "eval_check"  # the file names of the --check-eval records (not runs of the curve)
 
 
