@@ -27,7 +27,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OFFICIAL_CLIP_NATS, ROOT, load_runs, mean_and_stderr, parse_seeds, train_run
+from common import OFFICIAL_CLIP_NATS, ROOT, load_runs, mean_and_stderr, parse_seeds, train_run, write_report
 
 from flowpp.model import FlowPlusPlus, get_config
 
@@ -201,21 +201,14 @@ def draw(rows: list[dict]):
 def report(out: Path, figure_path: Path) -> list[dict]:
     import matplotlib
     matplotlib.use("Agg")  # files only, no window
-    import matplotlib.pyplot as plt
-    from flowpp.core import save_figure
     runs = [r for r in load_runs(out) if "variant" in r]
     if not runs:
         raise SystemExit(f"no finished runs in {out}")
     widths = json.loads((out / "widths.json").read_text())
     rows = summarize(runs)
     commands = sorted({r["command"] for r in runs})
-    (out / "summary.json").write_text(json.dumps({"rows": rows, "commands": commands,
-                                                  "environment": runs[0]["environment"]}, indent=1) + "\n")
-    (out / "table.md").write_text(table(rows, widths, commands))
-    fig = draw(rows)
-    save_figure(fig, figure_path)
-    plt.close(fig)
-    print((out / "table.md").read_text())
+    write_report(out, {"rows": rows, "commands": commands, "environment": runs[0]["environment"]},
+                 table(rows, widths, commands), draw(rows), figure_path)
     return rows
 
 

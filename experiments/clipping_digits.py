@@ -10,7 +10,6 @@ summary.json and figures/clipping_digits.png from every JSON in the folder (`--r
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import sys
 import time
@@ -18,7 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import (DIGITS_DIMS, OFFICIAL_CLIP_NATS, OLD_CLIP_NATS, ROOT, load_runs, mean_and_stderr,
-                    parse_seeds, train_run)
+                    parse_seeds, train_run, write_report)
 
 NAMES = {OFFICIAL_CLIP_NATS: "official: 1.0 nats/image", OLD_CLIP_NATS: "previous: 1.0 bits/dim (44.36 nats/image)",
          0.0: "no clipping"}
@@ -132,20 +131,13 @@ def draw(runs: list[dict], rows: list[dict]):
 def report(out: Path, figure_path: Path) -> list[dict]:
     import matplotlib
     matplotlib.use("Agg")  # files only, no window
-    import matplotlib.pyplot as plt
-    from flowpp.core import save_figure
     runs = load_runs(out)
     if not runs:
         raise SystemExit(f"no finished runs in {out}")
     rows = summarize(runs)
     commands = sorted({r["command"] for r in runs})
-    (out / "summary.json").write_text(json.dumps({"rows": rows, "commands": commands,
-                                                  "environment": runs[0]["environment"]}, indent=1) + "\n")
-    (out / "table.md").write_text(table(rows, commands))
-    fig = draw(runs, rows)
-    save_figure(fig, figure_path)
-    plt.close(fig)
-    print((out / "table.md").read_text())
+    write_report(out, {"rows": rows, "commands": commands, "environment": runs[0]["environment"]},
+                 table(rows, commands), draw(runs, rows), figure_path)
     return rows
 
 

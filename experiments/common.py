@@ -123,12 +123,28 @@ def train_run(out_json: Path, *, seed: int, steps: int, grad_clip: float, model_
         "train_config": {k: v for k, v in asdict(config).items() if k not in ("out_dir", "progress")},
         "environment": environment(), "command": command_line(), **(extra or {}),
     }
-    out_json.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out_json.with_name(f".{out_json.name}.tmp")
-    tmp.write_text(json.dumps(record, indent=1) + "\n")
-    tmp.replace(out_json)  # a JSON file exists only for a finished run
+    write_json_atomic(out_json, record)  # a JSON file exists only for a finished run
     shutil.rmtree(work)  # the checkpoint and samples are not kept
     return record
+
+
+def write_json_atomic(path: Path, obj) -> None:
+    "`obj` as indented JSON at `path`, written to a temporary file and renamed: a reader never sees half a file."
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=1) + "\n")
+    tmp.replace(path)
+
+
+def write_report(out: Path, summary: dict, table_md: str, fig, figure_path: Path) -> None:
+    "An experiment's report: `summary.json` and `table.md` in `out`, the figure at `figure_path`; the table printed."
+    import matplotlib.pyplot as plt
+    from flowpp.core import save_figure
+    (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+    (out / "table.md").write_text(table_md)
+    save_figure(fig, figure_path)
+    plt.close(fig)
+    print(table_md)
 
 
 def mean_and_stderr(values: list[float]) -> tuple[float, float]:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import math
 import shutil
 import sys
 import time
@@ -27,7 +26,8 @@ from dataclasses import asdict
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import OFFICIAL_CLIP_NATS, ROOT, command_line, environment, mean_and_stderr, parse_seeds
+from common import (OFFICIAL_CLIP_NATS, ROOT, command_line, environment, mean_and_stderr, parse_seeds,
+                    write_json_atomic, write_report)
 
 import torch
 
@@ -164,10 +164,7 @@ def curve_run(out_json: Path, *, seed: int, steps: int, dropout: float, eval_eve
         "environment": environment(), "command": command_line(), **(extra or {}),
     }
     if write:
-        out_json.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out_json.with_name(f".{out_json.name}.tmp")
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        tmp.replace(out_json)  # a JSON file exists only for a finished run
+        write_json_atomic(out_json, record)  # a JSON file exists only for a finished run
     shutil.rmtree(work)  # the checkpoint and samples are not kept
     return record
 
@@ -393,25 +390,19 @@ def draw(runs: list[dict], summary: dict, ref: dict | None):
 def report(out: Path, figure_path: Path) -> dict:
     import matplotlib
     matplotlib.use("Agg")  # files only, no window
-    import matplotlib.pyplot as plt
-    from flowpp.core import save_figure
     runs, checks = load_runs(out), load_checks(out)
     if not runs:
         raise SystemExit(f"no finished runs in {out}")
     summary = summarize(runs)
     ref = reference()
     commands = sorted({r["command"] for r in runs} | {c["command"] for c in checks})
-    (out / "summary.json").write_text(json.dumps({
+    write_report(out, {
         **summary, "reference_800_steps": ref, "reference_agreement": reference_agreement(runs, ref) if ref else [],
         "demo_run": demo_run(),
         "eval_checks": [{k: c[k] for k in ("seed", "dropout", "steps", "same_weights", "same_test_bpd",
                                            "test_bpd_difference")} for c in checks],
-        "commands": commands, "environment": runs[0]["environment"]}, indent=1) + "\n")
-    (out / "table.md").write_text(table(runs, summary, checks, commands, ref))
-    fig = draw(runs, summary, ref)
-    save_figure(fig, figure_path)
-    plt.close(fig)
-    print((out / "table.md").read_text())
+        "commands": commands, "environment": runs[0]["environment"]},
+        table(runs, summary, checks, commands, ref), draw(runs, summary, ref), figure_path)
     return summary
 
 
