@@ -13,6 +13,7 @@ import platform
 import resource
 import sys
 import time
+import traceback
 from collections import Counter, defaultdict
 from pathlib import Path
 
@@ -289,3 +290,25 @@ def _jsonable(o):
 
 def command_line() -> str:
     return "python3 " + " ".join([os.path.relpath(sys.argv[0], ROOT) if sys.argv[0] else "-", *sys.argv[1:]])
+
+
+def run_phases(run, phases: list[str]) -> list[str]:
+    """Call `run.<phase>()` for each phase in order, saving `run.result` after each; a phase that fails is recorded
+    (its error in `errors`) and the later phases still run. Returns the failed phases."""
+    failed = []
+    for phase in phases:
+        t0 = time.perf_counter()
+        try:
+            getattr(run, phase)()
+            run.result["phases_done"].append(phase)
+        except Exception as e:
+            failed.append(phase)
+            run.result["errors"][phase] = f"{type(e).__name__}: {e}"
+            traceback.print_exc()
+        run.result.setdefault("phase_seconds", {})[phase] = time.perf_counter() - t0
+        run.save()
+        print(f"[{run.result['label']}] {phase}: {time.perf_counter() - t0:.1f} s"
+              + (f" FAILED ({run.result['errors'][phase]})" if phase in failed else ""), flush=True)
+    run.result["complete"] = not failed
+    run.save()
+    return failed

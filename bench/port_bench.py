@@ -20,7 +20,6 @@ import math
 import statistics
 import sys
 import time
-import traceback
 import warnings
 from pathlib import Path
 
@@ -279,22 +278,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     run = PortRun(args)
     run.save()
-    failed = []
-    for phase in args.phases:
-        t0 = time.perf_counter()
-        try:
-            getattr(run, phase)()
-            run.result["phases_done"].append(phase)
-        except Exception as e:
-            failed.append(phase)
-            run.result["errors"][phase] = f"{type(e).__name__}: {e}"
-            traceback.print_exc()
-        run.result.setdefault("phase_seconds", {})[phase] = time.perf_counter() - t0
-        run.save()
-        print(f"[{run.result['label']}] {phase}: {time.perf_counter() - t0:.1f} s"
-              + (f" FAILED ({run.result['errors'][phase]})" if phase in failed else ""), flush=True)
-    run.result["complete"] = not failed
-    run.save()
+    failed = benchlib.run_phases(run, args.phases)
     f = run.figures
     show = lambda key, fmt: (fmt.format(f[key]) if isinstance(f.get(key), (int, float)) else "-")
     print(f"{run.result['label']} on {run.result['device']['name']} ({run.result['config']['parameters']:,} parameters, "

@@ -19,7 +19,6 @@ import os
 import statistics
 import sys
 import time
-import traceback
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # benchlib, next to this file
@@ -368,22 +367,7 @@ def main(argv=None) -> dict:
     args = parse_args(argv)
     run = Run(args)
     run.save()
-    failed = []
-    for phase in args.phases:
-        t0 = time.perf_counter()
-        try:
-            getattr(run, phase)()
-            run.result["phases_done"].append(phase)
-        except Exception as e:  # a phase that fails is recorded; the later phases still run
-            failed.append(phase)
-            run.result["errors"][phase] = f"{type(e).__name__}: {e}"
-            traceback.print_exc()
-        run.result.setdefault("phase_seconds", {})[phase] = time.perf_counter() - t0
-        run.save()
-        print(f"[{run.result['label']}] {phase}: {time.perf_counter() - t0:.1f} s"
-              + (f" FAILED ({run.result['errors'][phase]})" if phase in failed else ""), flush=True)
-    run.result["complete"] = not failed
-    run.save()
+    failed = benchlib.run_phases(run, args.phases)
     f = run.figures
     eq = f.get("equivalence") or {}
     show = lambda key, fmt: (fmt.format(f[key]) if isinstance(f.get(key), (int, float)) else "-")
