@@ -312,3 +312,18 @@ def run_phases(run, phases: list[str]) -> list[str]:
     run.result["complete"] = not failed
     run.save()
     return failed
+
+
+def settle_args(parser, args, defaults: dict, phases: tuple[str, ...]):
+    """Fill the options left at None from `defaults`, run a smoke run on the CPU unless a device was named, and turn
+    `--phases a,b` into a list in `phases`' order (an unknown name is a parser error)."""
+    for k, v in defaults.items():
+        if getattr(args, k) is None:
+            setattr(args, k, v)
+    if args.smoke and args.device == "auto":
+        args.device = "cpu"
+    asked = [x.strip() for x in args.phases.split(",") if x.strip()]
+    if unknown := [x for x in asked if x not in phases]:
+        parser.error(f"unknown phases {unknown}; choose from {phases}")
+    args.phases = [x for x in phases if x in asked]  # always in the phases' order
+    return args

@@ -64,18 +64,10 @@ def parse_args(argv=None):
                    help="replace its attention's matmul-softmax-matmul by scaled_dot_product_attention (not as shipped)")
     args = p.parse_args(argv)
     s = args.smoke
-    for k, v in dict(batch_size=4 if s else 64, eval_batch_size=8 if s else 256, warmup_iters=1 if s else 3,
-                     train_iters=2 if s else 10, eval_iters=1 if s else 3, sample_images=4 if s else 64,
-                     sample_repeats=1 if s else 3).items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    if s and args.device == "auto":
-        args.device = "cpu"
-    asked = [x.strip() for x in args.phases.split(",") if x.strip()]
-    if unknown := [x for x in asked if x not in PHASES]:
-        p.error(f"unknown phases {unknown}; choose from {PHASES}")
-    args.phases = [x for x in PHASES if x in asked]  # always in PHASES' order
-    return args
+    defaults = dict(batch_size=4 if s else 64, eval_batch_size=8 if s else 256, warmup_iters=1 if s else 3,
+                    train_iters=2 if s else 10, eval_iters=1 if s else 3, sample_images=4 if s else 64,
+                    sample_repeats=1 if s else 3)
+    return benchlib.settle_args(p, args, defaults, PHASES)
 
 
 def import_port(port_dir: Path):

@@ -102,16 +102,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     defaults = dict(config="tiny" if small else "cifar10", batch_size=8 if small else 64,
                     eval_batch_size=32 if small else 256, warmup_iters=2 if small else None,
                     train_iters=3 if small else 20, eval_iters=2 if small else 5, sample_repeats=2 if small else 3)
-    for k, v in defaults.items():
-        if getattr(args, k) is None:
-            setattr(args, k, v)
-    if small and args.device == "auto":
-        args.device = "cpu"
-    asked = [s.strip() for s in args.phases.split(",") if s.strip()]
-    if unknown := [s for s in asked if s not in PHASES]:
-        p.error(f"unknown phases {unknown}; choose from {PHASES}")
-    args.phases = [s for s in PHASES if s in asked]  # always in PHASES' order
-    return args
+    return benchlib.settle_args(p, args, defaults, PHASES)
 
 
 def fast_path_from(args, device: torch.device):
