@@ -21,6 +21,8 @@
 #              wrote, and the next stage runs
 # --until S    the whole run ends S seconds after it started: no stage runs past that (a stage's own limit may end
 #              it sooner); meant for the device call's timeout, less a margin for packing and the transfers
+# --param K=V  a parameter of nbs/experiments/cifar10_budget.ipynb for the main and ablations stages, V in JSON
+#              (e.g. torch_compile=false, cuda_graph=false); applied last, recorded in protocol.json; repeatable
 set -uo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$ROOT"
@@ -30,6 +32,7 @@ smoke=0
 out=""
 until=0
 stages=()
+params=()
 declare -A LIMIT=([env]=40 [bench]=400 [port]=75 [main]=540 [ablations]=690 [kernels]=420)
 declare -A SMOKE_LIMIT=([env]=60 [bench]=150 [port]=120 [main]=150 [ablations]=240 [kernels]=200)
 while [ $# -gt 0 ]; do
@@ -39,13 +42,19 @@ while [ $# -gt 0 ]; do
     --out=*) out=${1#--out=} ;;
     --limit) LIMIT[${2%%=*}]=${2#*=}; SMOKE_LIMIT[${2%%=*}]=${2#*=}; shift ;;
     --until) until=$2; shift ;;
+    --param) params+=(--param "$2"); shift ;;
+    --param=*) params+=(--param "${1#--param=}") ;;
     env|bench|port|main|kernels|ablations|ablations:*) stages+=("$1") ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
-    *) echo "gpu_run.sh: unknown argument '$1' (stages: env bench port main ablations[:NAMES] kernels; --smoke, --out DIR, --limit STAGE=S, --until S)" >&2; exit 2 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
+    *) echo "gpu_run.sh: unknown argument '$1' (stages: env bench port main ablations[:NAMES] kernels; --smoke, --out DIR, --limit STAGE=S, --until S, --param K=V)" >&2; exit 2 ;;
   esac
   shift
 done
 [ ${#stages[@]} -gt 0 ] || { echo "gpu_run.sh: name at least one stage (see --help)" >&2; exit 2; }
+# a misspelt or malformed --param fails now, not after the stages before main have spent their time
+if [ ${#params[@]} -gt 0 ]; then
+  "$PY" bench/stages.py check-params "${params[@]}" || exit 2
+fi
 DIR=${out:-${OUT:-$ROOT/bench/results/gpu-run}}
 mkdir -p "$DIR"
 DIR=$(cd "$DIR" && pwd)
@@ -143,7 +152,7 @@ stage_port() {
 
 protocol() {  # protocol NAME PARAMS_ARGS...: one papermill run of the protocol notebook
   local name=$1; shift
-  "$PY" bench/stages.py params "$@" --out "$W/params-$name.json" || return 1
+  "$PY" bench/stages.py params "$@" ${params[@]+"${params[@]}"} --out "$W/params-$name.json" || return 1
   bounded "$name" "$W/log.txt" 0 "$PY" -m papermill nbs/experiments/cifar10_budget.ipynb "$W/protocol-$name.ipynb" \
     --cwd nbs/experiments -f "$W/params-$name.json" --no-progress-bar --kernel python3
 }

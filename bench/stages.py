@@ -2,7 +2,8 @@
 of the smoke run, packing a stage's files into DIR/<stage>.json (its key figures) and DIR/<stage>.tar.gz (everything),
 and the summary table.
 
-    python3 bench/stages.py params main|ablations --smoke|--gpu --work W [--run NAME] --out params.json
+    python3 bench/stages.py params main|ablations [--smoke] --work W --data D [--run NAME] [--param K=V] --out params.json
+    python3 bench/stages.py check-params --param K=V ...
     python3 bench/stages.py smoke-data DIR
     python3 bench/stages.py pack STAGE --work W/STAGE --out DIR --status ok|failed|timeout --seconds S --limit L
     python3 bench/stages.py summary DIR
@@ -12,6 +13,7 @@ Only the standard library and numpy: it runs before anything is installed.
 from __future__ import annotations
 
 import argparse
+import ast
 import json
 import math
 import shutil
@@ -29,10 +31,38 @@ SMOKE_MODEL = {"filters": 8, "blocks": 1, "components": 4, "heads": 2, "stages":
                "dequant_filters": 8, "dequant_blocks": 1, "context_channels": 4, "context_blocks": 1,
                "dequant_stages": ["stripes:1"]}
 CIFAR_FILES = ("train_00.npz", "train_01.npz", "train_02.npz", "test_first1000.npz")
+PROTOCOL = ROOT / "nbs" / "experiments" / "cifar10_budget.ipynb"
 
 
-def params(stage: str, smoke: bool, work: Path, runs: list[str], data: Path) -> dict:
-    "Papermill parameters of nbs/experiments/cifar10_budget.ipynb for the main run or the ablations."
+def protocol_parameters(notebook: Path = PROTOCOL) -> set[str]:
+    "The names the protocol notebook's papermill parameters cell assigns, less those the stages set themselves."
+    cells = json.loads(notebook.read_text())["cells"]
+    cell = next(c for c in cells if "parameters" in c.get("metadata", {}).get("tags", []))
+    tree = ast.parse("".join(cell["source"]))
+    names = {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
+    return names - STAGE_OWNED
+
+
+STAGE_OWNED = {"data_path", "runs", "results_dir", "runs_dir"}  # where the stage reads and writes, and which runs
+
+
+def parse_params(items: list[str]) -> dict:
+    "--param K=V items as {K: V}, V read as JSON; K must be a parameter of the protocol notebook."
+    known, out = protocol_parameters(), {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or key not in known:
+            raise SystemExit(f"--param {item!r}: expected NAME=VALUE with NAME one of the protocol's parameters "
+                             f"({', '.join(sorted(known))})")
+        try:
+            out[key] = json.loads(text)
+        except json.JSONDecodeError:
+            raise SystemExit(f"--param {item!r}: the value must be JSON (false, not False; strings in double quotes)")
+    return out
+
+
+def params(stage: str, smoke: bool, work: Path, runs: list[str], data: Path, extra: dict | None = None) -> dict:
+    "Papermill parameters of nbs/experiments/cifar10_budget.ipynb for the main run or the ablations; `extra` last."
     p = dict(data_path=str(data), dataset="cifar10", runs=runs, results_dir=str(work / "cifar10_budget"),
              runs_dir=str(work / "runs"))
     if smoke:  # seconds on a CPU: tiny models, two steps, a few test images
@@ -40,7 +70,7 @@ def params(stage: str, smoke: bool, work: Path, runs: list[str], data: Path) -> 
                  importance_samples=2, num_sample_images=8, device="cpu")
     else:  # the protocol as it is (cifar10_budget.ipynb's defaults), on the GPU
         p.update(device="cuda")
-    return p
+    return {**p, **(extra or {})}
 
 
 def smoke_data(folder: Path) -> Path:
@@ -193,7 +223,10 @@ def main(argv=None):
     a.add_argument("--work", required=True)
     a.add_argument("--data", required=True)
     a.add_argument("--run", action="append", default=[])
+    a.add_argument("--param", action="append", default=[])
     a.add_argument("--out", required=True)
+    a = sub.add_parser("check-params")
+    a.add_argument("--param", action="append", default=[])
     a = sub.add_parser("smoke-data")
     a.add_argument("folder")
     a = sub.add_parser("pack")
@@ -210,8 +243,10 @@ def main(argv=None):
     args = ap.parse_args(argv)
     if args.cmd == "params":
         runs = args.run or (["main"] if args.stage == "main" else list(ABLATIONS))
-        p = params(args.stage, args.smoke, Path(args.work), runs, Path(args.data))
+        p = params(args.stage, args.smoke, Path(args.work), runs, Path(args.data), parse_params(args.param))
         Path(args.out).write_text(json.dumps(p, indent=1) + "\n")
+    elif args.cmd == "check-params":
+        parse_params(args.param)
     elif args.cmd == "smoke-data":
         smoke_data(Path(args.folder))
     elif args.cmd == "pack":

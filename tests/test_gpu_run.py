@@ -40,8 +40,9 @@ def smoke(tmp_path_factory):
     out = tmp_path_factory.mktemp("gpu-run")
     env = {**os.environ, "PYTHON": sys.executable, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     env.pop("OUT", None)
-    proc = subprocess.run(["bash", "bench/gpu_run.sh", *STAGES, "--smoke", "--out", str(out)], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=900)
+    # a protocol parameter given on the command line reaches the protocol's runs (and is recorded)
+    proc = subprocess.run(["bash", "bench/gpu_run.sh", *STAGES, "--smoke", "--out", str(out), "--param", "ema_decay=0.99"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return out, proc.stdout
 
@@ -106,6 +107,7 @@ def test_protocol_stages_collect_the_runs(smoke):
     m = main["runs"]["main"]["metrics"]
     assert m["model"] == "cifar10" and m["steps"] == 2 and m["decode_encode_mismatched_pixels"] == 0
     assert m["test_bpd_iw2"] > 0 and main["protocol"]["runs"]["main"]["parameters"] == m["parameters"]
+    assert main["protocol"]["runs"]["main"]["ema_decay"] == 0.99  # --param ema_decay=0.99
     ablations = json.loads((smoke[0] / "ablations.json").read_text())["figures"]
     models = {name: r["metrics"]["model"] for name, r in ablations["runs"].items()}
     assert models == {"uniform_dequantization": "cifar10_uniform_dequant", "affine_coupling": "cifar10_affine",
@@ -125,6 +127,9 @@ def test_kernels_stage(smoke):
 
 
 def test_bad_arguments_are_refused():
-    for args, message in ((["nonsense"], "unknown argument"), ([], "name at least one stage")):
+    for args, message in ((["nonsense"], "unknown argument"), ([], "name at least one stage"),
+                          (["main", "--param", "torchcompile=false"], "one of the protocol's parameters"),
+                          (["main", "--param", "runs=[]"], "one of the protocol's parameters"),
+                          (["main", "--param", "torch_compile=False"], "must be JSON")):
         proc = subprocess.run(["bash", "bench/gpu_run.sh", *args], cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
