@@ -3,10 +3,11 @@
 Two parts, both always run:
 1. `nbdev_test` over every notebook in `nbs/` (cells flagged with a `tst_flags` flag are skipped);
    one notebook is one test, failed when any of its cells raises.
-2. `pytest tests/` for what does not belong in a notebook (e.g. that the export is in step).
+2. `pytest tests/` for what does not belong in a notebook (e.g. that the export is in step), one worker per core.
 
 Extra arguments go to `nbdev_test` (e.g. `--flags slow` to run the slow cells too).
 """
+import importlib.util
 import os
 import re
 import subprocess
@@ -41,13 +42,22 @@ def run_notebooks(extra_args):
     return len(started) - len(set(failed) & set(started)), len(failed)
 
 
+def parallel_args() -> list[str]:
+    """pytest-xdist's options for one worker per core, each taking whole files (a module's fixtures, such as the GPU
+    run script's smoke run, then run once); none where xdist is missing or there is one core."""
+    cores = os.cpu_count() or 1
+    if cores < 2 or importlib.util.find_spec("xdist") is None:
+        return []
+    return ["-n", str(cores), "--dist", "loadfile"]
+
+
 def run_pytest():
     """Run pytest over tests/ (if present); return (passed, failed) counted in test cases."""
     if not (ROOT / "tests").is_dir():
         return 0, 0
     with tempfile.TemporaryDirectory() as tmp:
         report = Path(tmp) / "report.xml"
-        code = subprocess.call([str(BIN / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider",
+        code = subprocess.call([str(BIN / "python"), "-m", "pytest", "-q", "-p", "no:cacheprovider", *parallel_args(),
                                 f"--junitxml={report}", "tests"], cwd=ROOT)
         if not report.exists():
             return 0, 1
