@@ -304,7 +304,7 @@ def mixture_inv_condition(
 
 # %% ../nbs/02_logistic.ipynb #651e1f91
 # Iterations of the fixed-count solver, per working dtype: at least the most the adaptive solver needs on the
-# round-trip test's hard mixtures (23 in float32, 28 in float64), so the two agree bitwise there.
+# round-trip test's hard mixtures (21 in float32, 23 in float64), so the two agree bitwise there.
 FIXED_ITERS = {torch.float32: 24, torch.float64: 32}
 
 
