@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Prepare, on the machine that holds the checkout, the ignored folders that the GPU calls of bench/README.md carry:
 #
-#   bash bench/prepare_device.sh [CIFAR10_DIR]      (default: ../shared/data/cifar10)
+#   bash bench/prepare_device.sh [--data-only] [CIFAR10_DIR]   (default: the checkout's ../shared/data/cifar10)
+#
+# CIFAR10_DIR is read relative to the directory the command runs in. --data-only skips the wheels.
 #
 #   .device/data/cifar10/  train_00.npz, train_01.npz, train_02.npz, test_first1000.npz, checked against the
 #                          folder's SHA256SUMS (the protocol's data; 43 MiB)
@@ -13,17 +15,29 @@
 # carries are printed: the working tree that travels (tracked files) plus the carried folders must stay under 64 MiB.
 set -euo pipefail
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+wheels=1
+if [ "${1:-}" = --data-only ]; then wheels=0; shift; fi
+SRC=${1:-$ROOT/../shared/data/cifar10}
+# an absolute path, read before any cd: the checksums are checked from inside the copy
+[ -d "$SRC" ] || { echo "prepare_device.sh: no folder $SRC (give the CIFAR-10 shards' folder)" >&2; exit 1; }
+SRC=$(cd "$SRC" && pwd)
 cd "$ROOT"
-SRC=${1:-../shared/data/cifar10}
 FILES="train_00.npz train_01.npz train_02.npz test_first1000.npz"
+for f in $FILES; do
+  [ -f "$SRC/$f" ] || { echo "prepare_device.sh: $SRC has no $f (the protocol needs $FILES)" >&2; exit 1; }
+done
 
+rm -rf .device/data/cifar10
 mkdir -p .device/data/cifar10
 for f in $FILES; do cp "$SRC/$f" .device/data/cifar10/; done
 if [ -f "$SRC/SHA256SUMS" ]; then
   (cd .device/data/cifar10 && grep -E " (train_0[012]|test_first1000)\.npz$" "$SRC/SHA256SUMS" | sha256sum -c --quiet) \
     || { echo "prepare_device.sh: the copied shards do not match $SRC/SHA256SUMS" >&2; exit 1; }
   echo "data: $FILES checked against SHA256SUMS"
+else
+  echo "data: $FILES copied ($SRC has no SHA256SUMS to check them against)"
 fi
+[ $wheels = 1 ] || { echo "data only: .whl left as it is"; exit 0; }
 
 rm -rf .whl
 python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \

@@ -133,3 +133,36 @@ def test_bad_arguments_are_refused():
                           (["main", "--param", "torch_compile=False"], "must be JSON")):
         proc = subprocess.run(["bash", "bench/gpu_run.sh", *args], cwd=ROOT, capture_output=True, text=True)
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+
+
+def test_prepare_device_copies_and_checks_the_shards(tmp_path):
+    "prepare_device.sh --data-only: a relative data folder, checksums checked from inside the copy, clear refusals."
+    import hashlib
+    import shutil
+    checkout = tmp_path / "checkout"  # the script writes next to itself: a copy keeps the real .device/ untouched
+    (checkout / "bench").mkdir(parents=True)
+    shutil.copy(ROOT / "bench" / "prepare_device.sh", checkout / "bench")
+    data = tmp_path / "shared" / "data" / "cifar10"
+    data.mkdir(parents=True)
+    names = ["train_00.npz", "train_01.npz", "train_02.npz", "test_first1000.npz", "train_03.npz"]
+    for i, name in enumerate(names):
+        (data / name).write_bytes(bytes([i]) * 100)
+    (data / "SHA256SUMS").write_text("".join(f"{hashlib.sha256((data / n).read_bytes()).hexdigest()}  {n}\n"
+                                             for n in names))
+
+    def prepare(*args):
+        return subprocess.run(["bash", str(checkout / "bench" / "prepare_device.sh"), "--data-only", *args],
+                              cwd=tmp_path / "shared", capture_output=True, text=True)
+
+    proc = prepare("data/cifar10")  # relative to where the command runs, not to the checkout
+    assert proc.returncode == 0 and "checked against SHA256SUMS" in proc.stdout, proc.stdout + proc.stderr
+    copied = sorted(p.name for p in (checkout / ".device" / "data" / "cifar10").iterdir())
+    assert copied == sorted(names[:4]), copied
+    (data / "train_01.npz").write_bytes(b"corrupted")
+    proc = prepare("data/cifar10")
+    assert proc.returncode == 1 and "do not match" in proc.stderr, proc.stderr
+    (data / "train_02.npz").unlink()
+    proc = prepare("data/cifar10")
+    assert proc.returncode == 1 and "has no train_02.npz" in proc.stderr, proc.stderr
+    proc = prepare("data/cifar100")
+    assert proc.returncode == 1 and "no folder" in proc.stderr, proc.stderr
