@@ -50,12 +50,16 @@ def versions() -> dict:
     return found
 
 
-def main(argv=None) -> dict:
+def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--out", required=True)
     p.add_argument("--smoke", action="store_true", help="CPU-sized ceilings (seconds)")
     p.add_argument("--device", default="auto")
-    args = p.parse_args(argv)
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
     t0 = time.perf_counter()
     device = benchlib.pick_device("cpu" if args.smoke and args.device == "auto" else args.device)
     gpu = device.type == "cuda"

@@ -1,5 +1,6 @@
-"""The GPU run script's smoke run: every stage but `port` on the CPU with tiny sizes, as a later GPU call would run them
-(bench/gpu_run.sh), each stage's files written and holding finite numbers; bench/table.py reads what bench wrote."""
+"""The GPU run script (bench/gpu_run.sh): its smoke run, every stage but `port` on the CPU with tiny sizes, each stage's
+files written and holding finite numbers (bench/table.py reads what bench wrote); a rehearsal of the GPU call's own
+command lines; the preparation of the carried data folder."""
 import json
 import math
 import os
@@ -166,3 +167,74 @@ def test_prepare_device_copies_and_checks_the_shards(tmp_path):
     assert proc.returncode == 1 and "has no train_02.npz" in proc.stderr, proc.stderr
     proc = prepare("data/cifar100")
     assert proc.returncode == 1 and "no folder" in proc.stderr, proc.stderr
+
+
+REHEARSAL_SHIM = r'''
+"""Stands in for python3 in a rehearsal of the GPU call: the benchmark scripts only parse their arguments (and run.py
+builds its FastPath for a CUDA device), papermill only checks its parameters file; the rest runs for real."""
+import importlib, json, os, sys
+ROOT, LOG = os.environ["REHEARSAL_ROOT"], os.environ["REHEARSAL_LOG"]
+args = sys.argv[1:]
+
+
+def record(kind, detail):
+    with open(LOG, "a") as f:
+        f.write(json.dumps({"kind": kind, "detail": detail}) + "\n")
+
+
+if args[:2] == ["-m", "papermill"]:
+    sys.path.insert(0, os.path.join(ROOT, "bench"))
+    import stages
+    params = json.load(open(args[args.index("-f") + 1]))
+    unknown = set(params) - stages.protocol_parameters() - stages.STAGE_OWNED
+    assert not unknown, f"not parameters of the protocol notebook: {sorted(unknown)}"
+    assert os.path.isfile(os.path.join(ROOT, args[2])), args[2]
+    record("papermill", params)
+    sys.exit(0)
+if args and args[0].startswith("bench/") and args[0] != "bench/stages.py":
+    sys.path[:0] = [os.path.join(ROOT, "bench"), ROOT]
+    name = os.path.basename(args[0])[:-3]
+    parsed = importlib.import_module(name).parse_args(args[1:])
+    if name == "run":
+        import torch
+        sys.modules["run"].fast_path_from(parsed, torch.device("cuda"))
+    record(name, args[1:])
+    sys.exit(0)
+os.execv(sys.executable, [sys.executable, *args])
+'''
+
+
+def test_gpu_call_rehearsal_every_command_parses(tmp_path):
+    """The GPU stages as a device call runs them (not the smoke run), with every benchmark command reduced to parsing
+    its arguments: what CI can check of the command lines that only a GPU session executes."""
+    shim = tmp_path / "shim.py"
+    shim.write_text(REHEARSAL_SHIM)
+    python = tmp_path / "python3"
+    python.write_text(f'#!/bin/sh\nexec "{sys.executable}" "{shim}" "$@"\n')
+    python.chmod(0o755)
+    data = tmp_path / "cifar10"
+    data.mkdir()
+    for name in ("train_00.npz", "train_01.npz", "train_02.npz", "test_first1000.npz"):
+        (data / name).write_bytes(b"")
+    log, out = tmp_path / "commands.jsonl", tmp_path / "out"
+    env = {**os.environ, "PYTHON": str(python), "PYTHONPATH": str(ROOT), "FLOWPP_CIFAR10": str(data),
+           "REHEARSAL_ROOT": str(ROOT), "REHEARSAL_LOG": str(log), "OMP_NUM_THREADS": "1"}
+    env.pop("OUT", None)
+    proc = subprocess.run(["bash", "bench/gpu_run.sh", "env", "port", "bench", "main", "ablations", "kernels",
+                           "--out", str(out), "--until", "3000", "--param", "torch_compile=false"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    has_port = (ROOT / ".device" / "port" / "models" / "flowplusplus" / "flowplusplus.py").is_file()
+    for stage in ("env", "port", "bench", "main", "ablations", "kernels"):
+        status = json.loads((out / f"{stage}.json").read_text())["status"]
+        assert status == ("failed" if stage == "port" and not has_port else "ok"), (stage, status, proc.stdout[-3000:])
+    commands = [json.loads(line) for line in log.read_text().splitlines()]
+    kinds = [c["kind"] for c in commands]
+    assert kinds.count("run") == 5 and kinds.count("kernels") == 1 and kinds.count("env_probe") == 1, kinds
+    assert kinds.count("port_bench") == int(has_port), kinds
+    protocol = [c["detail"] for c in commands if c["kind"] == "papermill"]
+    assert [p["runs"] for p in protocol] == [["main"], ["uniform_dequantization"], ["affine_coupling"], ["no_attention"]]
+    assert all(p["device"] == "cuda" and p["torch_compile"] is False for p in protocol), protocol
+    assert all(p["data_path"] == str(data) for p in protocol)
+    runs = [c["detail"] for c in commands if c["kind"] == "run"]
+    assert not any("--smoke" in r or "--device" in r for r in runs), runs  # the GPU call's commands, not the smoke run's
