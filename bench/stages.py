@@ -32,6 +32,7 @@ SMOKE_MODEL = {"filters": 8, "blocks": 1, "components": 4, "heads": 2, "stages":
                "dequant_stages": ["stripes:1"]}
 CIFAR_FILES = ("train_00.npz", "train_01.npz", "train_02.npz", "test_first1000.npz")
 PROTOCOL = ROOT / "nbs" / "experiments" / "cifar10_budget.ipynb"
+STAGE_OWNED = {"data_path", "runs", "results_dir", "runs_dir"}  # where the stage reads and writes, and which runs
 
 
 def protocol_parameters(notebook: Path = PROTOCOL) -> set[str]:
@@ -41,9 +42,6 @@ def protocol_parameters(notebook: Path = PROTOCOL) -> set[str]:
     tree = ast.parse("".join(cell["source"]))
     names = {t.id for node in tree.body if isinstance(node, ast.Assign) for t in node.targets if isinstance(t, ast.Name)}
     return names - STAGE_OWNED
-
-
-STAGE_OWNED = {"data_path", "runs", "results_dir", "runs_dir"}  # where the stage reads and writes, and which runs
 
 
 def parse_params(items: list[str]) -> dict:
