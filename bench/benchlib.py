@@ -253,6 +253,15 @@ def profile_steps(fn, device: torch.device, steps: int = 1, top: int = TOP_KERNE
     }
 
 
+
+def profile_figures(prof: dict, train_step_ms: float | None) -> dict:
+    "The headline figures of a profile_steps result; the busy fraction is taken of the timed step when there is one."
+    busy = prof.get("gpu_busy_ms_per_step", prof.get("busy_ms_per_step"))
+    return dict(profile_kernels_per_step=prof["kernels_per_step"], profile_busy_ms_per_step=busy,
+                profile_wall_ms_per_step=prof["wall_ms_per_step"],
+                profile_busy_fraction_of_step=busy / train_step_ms if train_step_ms and busy is not None else None)
+
+
 # ----------------------------------------------------------------------------------------------------------
 # data and output
 

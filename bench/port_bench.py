@@ -186,11 +186,7 @@ class PortRun:
     def profile(self):
         prof = benchlib.profile_steps(self.step, self.device, steps=self.args.profile_steps)
         self.result["profile"] = prof
-        busy = prof.get("gpu_busy_ms_per_step", prof.get("busy_ms_per_step"))
-        self.figures.update(profile_kernels_per_step=prof["kernels_per_step"], profile_busy_ms_per_step=busy,
-                            profile_wall_ms_per_step=prof["wall_ms_per_step"],
-                            profile_busy_fraction_of_step=busy / self.figures["train_step_ms"]
-                            if "train_step_ms" in self.figures and busy is not None else None)
+        self.figures.update(benchlib.profile_figures(prof, self.figures.get("train_step_ms")))
 
     @torch.no_grad()
     def _sample(self):

@@ -276,11 +276,7 @@ class Run:
         a = self.args
         prof = benchlib.profile_steps(lambda: self.step(self.x_train, a.lr), self.device, steps=a.profile_steps)
         self.result["profile"] = prof
-        busy = prof.get("gpu_busy_ms_per_step", prof.get("busy_ms_per_step"))
-        self.figures.update(profile_kernels_per_step=prof["kernels_per_step"], profile_busy_ms_per_step=busy,
-                            profile_wall_ms_per_step=prof["wall_ms_per_step"],
-                            profile_busy_fraction_of_step=busy / self.figures["train_step_ms"]
-                            if "train_step_ms" in self.figures and busy is not None else None)
+        self.figures.update(benchlib.profile_figures(prof, self.figures.get("train_step_ms")))
 
     def sample(self) -> None:
         "sample(n): one warm-up, then the median of sample_repeats runs, each synchronised."
