@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The GPU measurements of bench/README.md, stage by stage, each under its own time limit.
 #
-#   bash bench/gpu_run.sh STAGE... [--smoke] [--out DIR] [--limit STAGE=SECONDS]...
+#   bash bench/gpu_run.sh STAGE... [--smoke] [--out DIR] [--limit STAGE=SECONDS]... [--until S] [--param K=V]...
 #
 # STAGE: env | bench | port | main | ablations[:NAME,NAME] | kernels   (run in the order given)
 #   env        nvidia-smi, versions, device properties, measured bf16 matmul peak and copy bandwidth
@@ -90,10 +90,10 @@ bounded() {  # bounded NAME LOG MAX cmd... : at most MAX seconds (0: all that is
   tail -n 3 "$log" | sed 's/^/    /'
   return $rc
 }
-card() {  # h200, h100, ... (cpu in the smoke run): from env.json when the env stage ran, else asked of torch
-  if [ -f "$DIR/env.json" ]; then
-    "$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['figures'].get('card','gpu'))" "$DIR/env.json" 2>/dev/null && return
-  fi
+card() {  # h200, h100, ... (cpu in the smoke run): from env.json when the env stage measured it, else asked of torch
+  local c=""
+  [ -f "$DIR/env.json" ] && c=$("$PY" -c "import json,sys; print(json.load(open(sys.argv[1]))['figures'].get('card') or '')" "$DIR/env.json" 2>/dev/null)
+  if [ -n "$c" ]; then echo "$c"; return; fi
   "$PY" -c "import sys; sys.path.insert(0, 'bench'); import benchlib, torch; d = benchlib.pick_device('${DEV[1]:-auto}'); print(benchlib.card_slug(d))"
 }
 need_papermill() {  # papermill and a python3 kernel: from the carried wheels in .whl when missing

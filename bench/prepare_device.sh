@@ -39,18 +39,23 @@ else
 fi
 [ $wheels = 1 ] || { echo "data only: .whl left as it is"; exit 0; }
 
-rm -rf .whl
+# into a fresh folder first: where the package index cannot be reached, the .whl prepared before stays as it was
+staging=$(mktemp -d .whl-staging.XXXXXX)
+trap 'rm -rf "$staging"' EXIT
 python3 -m pip download -q --only-binary=:all: --python-version 3.12 --implementation cp \
   --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any -d .whl papermill ipykernel 2>&1 \
+  --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any -d "$staging" papermill ipykernel 2>&1 \
   | grep -v "^WARNING: Location" || true
+ls "$staging"/papermill-*.whl "$staging"/ipykernel-*.whl >/dev/null 2>&1 \
+  || { echo "prepare_device.sh: the wheels could not be downloaded; .whl is unchanged" >&2; exit 1; }
 # the GPU image has these (KINDS.md's package list), in the versions its torch was built against: keep those
 for name in aiohappyeyeballs aiohttp aiosignal attrs certifi charset_normalizer click frozenlist idna jinja2 markupsafe \
             multidict packaging propcache psutil pygments python_dateutil pyyaml PyYAML requests setuptools six tqdm \
             typing_extensions urllib3 wheel yarl \
             debugpy jedi parso; do  # optional: the kernel's debugger and IPython's completion
-  rm -f .whl/"$name"-*.whl
+  rm -f "$staging/$name"-*.whl
 done
+rm -rf .whl && mv "$staging" .whl
 ls .whl
 
 size() { du -sb "$@" 2>/dev/null | awk '{s += $1} END {printf "%.1f MiB", s / 1048576}'; }

@@ -5,7 +5,7 @@ and the summary table.
     python3 bench/stages.py params main|ablations [--smoke] --work W --data D [--run NAME] [--param K=V] --out params.json
     python3 bench/stages.py check-params --param K=V ...
     python3 bench/stages.py smoke-data DIR
-    python3 bench/stages.py pack STAGE --work W/STAGE --out DIR --status ok|failed|timeout --seconds S --limit L
+    python3 bench/stages.py pack STAGE --work W/STAGE --out DIR --status ok|failed|timeout|skipped --seconds S --limit L
     python3 bench/stages.py summary DIR
 
 Only the standard library and numpy: it runs before anything is installed.
@@ -104,20 +104,28 @@ def _jsonl(path: Path) -> list:
 
 
 def recover_runs(work: Path) -> list[str]:
-    "Runs that a time limit cut before the protocol collected them: their metrics.jsonl so far, copied into the results."
+    """Runs that a time limit cut before the protocol collected them: what they wrote so far (metrics.jsonl, the
+    metrics.json of the checks that ran, sample grids) copied into the results, and their protocol entry marked cut."""
     recovered = []
     runs_dir, results = work / "runs", work / "cifar10_budget"
     if not runs_dir.is_dir():
         return recovered
+    protocol = _load(results / "protocol.json") or {"runs": {}}
     for run in sorted(p for p in runs_dir.iterdir() if p.is_dir()):
         keep = results / run.name
-        if (keep / "metrics.json").exists() or not (run / "metrics.jsonl").exists():
+        entry = protocol["runs"].get(run.name)
+        collected = entry.get("status") == "done" if entry and "status" in entry else (keep / "metrics.json").exists()
+        if collected or not (run / "metrics.jsonl").exists():
             continue
         keep.mkdir(parents=True, exist_ok=True)
-        for f in ("metrics.jsonl", "samples.png", "loss_curve.png"):
+        for f in ["metrics.jsonl", "metrics.json", "samples.png", "loss_curve.png", *(p.name for p in run.glob("samples_*.png"))]:
             if (run / f).exists():
                 shutil.copy(run / f, keep / f)
+        if entry is not None:
+            entry["status"] = "cut"
         recovered.append(run.name)
+    if recovered and protocol["runs"]:
+        (results / "protocol.json").write_text(json.dumps(protocol, indent=2))
     return recovered
 
 
@@ -132,7 +140,8 @@ def stage_figures(stage: str, work: Path) -> dict:
         return out
     # main, ablations: the protocol's collected results
     results = work / "cifar10_budget"
-    out = {"protocol": _load(results / "protocol.json"), "runs": {}, "recovered_partial_runs": recover_runs(work)}
+    recovered = recover_runs(work)  # first: it marks the cut runs in protocol.json
+    out = {"protocol": _load(results / "protocol.json"), "runs": {}, "recovered_partial_runs": recovered}
     for run in sorted(p for p in results.iterdir() if p.is_dir()) if results.is_dir() else []:
         log = _jsonl(run / "metrics.jsonl")
         out["runs"][run.name] = {"metrics": _load(run / "metrics.json"),

@@ -1,6 +1,6 @@
 """Print bench/README.md's results rows (markdown) from benchmark JSON files.
 
-    python3 bench/table.py bench/results/h200-*.json                              # rows of bench/run.py and port_bench.py runs
+    python3 bench/table.py bench/results/h200-cifar10-*.json bench/results/h200-port-*.json   # rows of run.py and port_bench.py runs
     python3 bench/table.py --port bench/results/h200-port-cifar10-b64.json bench/results/h200-cifar10-*.json
 
 With --port, each row of ours gets the ratios to the port measured on the same card (train and eval img/s, ours over

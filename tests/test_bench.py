@@ -93,6 +93,33 @@ def test_a_protocol_run_cut_by_the_time_limit_keeps_its_evaluations(tmp_path):
         assert tar.getnames() == ["main/cifar10_budget/main/metrics.jsonl"], "collected; the run folder stays behind"
 
 
+def test_a_protocol_run_cut_during_its_checks_keeps_what_they_measured(tmp_path):
+    "Cut after training, during the checks: its partial metrics.json and the trainer's grid come back; its entry says cut."
+    stages = load("stages")
+    work, out = tmp_path / "main", tmp_path / "out"
+    run, results = work / "runs" / "main", work / "cifar10_budget"
+    run.mkdir(parents=True)
+    results.mkdir()
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 900, "train_seconds": 360.0, "test_bpd": 3.6,
+                                                   "test_bpd_stderr": 0.01}) + "\n")
+    partial = {"steps": 900, "test_bpd": 3.6, "decode_encode_mismatched_pixels": 0, "complete": False}
+    (run / "metrics.json").write_text(json.dumps(partial))
+    (run / "samples_00000900.png").write_bytes(b"png")
+    earlier = {"status": "done", "model": "cifar10_affine"}  # a run of an earlier call, already collected
+    (results / "protocol.json").write_text(json.dumps({"runs": {"main": {"status": "started", "model": "cifar10"},
+                                                                "affine_coupling": earlier}}))
+    record = stages.pack("main", work, out, "timeout", 470.0, 470.0)
+    assert record["figures"]["recovered_partial_runs"] == ["main"]
+    assert record["figures"]["runs"]["main"]["metrics"] == partial
+    protocol = record["figures"]["protocol"]
+    assert protocol["runs"]["main"]["status"] == "cut" and protocol["runs"]["affine_coupling"] == earlier
+    import tarfile
+    with tarfile.open(out / "main.tar.gz") as tar:
+        names = set(tar.getnames())
+    assert {"main/cifar10_budget/main/metrics.json", "main/cifar10_budget/main/samples_00000900.png",
+            "main/cifar10_budget/protocol.json"} <= names, names
+
+
 def test_gpu_run_skips_what_the_overall_limit_leaves_no_time_for(tmp_path):
     proc = subprocess.run(["bash", "bench/gpu_run.sh", "env", "--smoke", "--until", "3", "--out", str(tmp_path)],
                           cwd=ROOT, capture_output=True, text=True, timeout=120, env={"PATH": "/usr/bin:/bin",

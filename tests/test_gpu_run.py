@@ -238,3 +238,6 @@ def test_gpu_call_rehearsal_every_command_parses(tmp_path):
     assert all(p["data_path"] == str(data) for p in protocol)
     runs = [c["detail"] for c in commands if c["kind"] == "run"]
     assert not any("--smoke" in r or "--device" in r for r in runs), runs  # the GPU call's commands, not the smoke run's
+    # the rehearsed env stage measured no card, so the files are named after the device torch sees (here the CPU)
+    outs = [Path(r[r.index("--out") + 1]).name for r in runs if "--out" in r]
+    assert len(outs) == 5 and all(name.startswith("cpu-cifar10-b64-") for name in outs), outs

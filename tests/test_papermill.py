@@ -26,7 +26,8 @@ def test_train_notebook_runs_with_tiny_parameters(tmp_path):
     assert metrics["parameters"] > 0 and metrics["model"] == "digits"
     # exact encoding with the EMA weights, counted over every test pixel evaluated
     assert metrics["decode_encode_mismatched_pixels"] == 0 and metrics["decode_encode_pixels"] == 50 * 64
-    assert metrics["sampling_seconds_16"] > 0
+    assert metrics["sampling_seconds_16"] > 0 and metrics["complete"], "every check ran"
+    assert not (out_dir / ".metrics.json.tmp").exists()
     records = [json.loads(line) for line in (out_dir / "metrics.jsonl").read_text().splitlines()]
     assert [r["at_seconds"] for r in records if "at_seconds" in r] == [1e-9], "eval_at_seconds reached the trainer"
     assert sum("train_bpd" in r for r in records) == 2, "log_every=2: two metric lines in four steps"

@@ -6,6 +6,7 @@ so the pipeline (the named ablation configs, papermill runs done in two calls, c
 tested without pretending to produce results.
 """
 import json
+import shutil
 from pathlib import Path
 
 import papermill
@@ -56,3 +57,20 @@ def test_protocol_and_results_notebooks(tmp_path):
     main = (results / "main.md").read_text()
     assert "decode(encode(x)) != x at **0**" in main and "Importance-weighted (2 samples)" in main, main
     assert (figures / "t_bpd_vs_time.png").exists() and len(list(figures.glob("t_*_samples.png"))) == len(names)
+    assert all(r["status"] == "done" for r in protocol["runs"].values())
+
+    # a main run that a time limit cut during its checks (gpu_run.sh recovers what it wrote): the results still draw
+    cut_results = tmp_path / "cut"
+    shutil.copytree(results, cut_results)
+    m = json.loads((cut_results / "main" / "metrics.json").read_text())
+    m = {k: v for k, v in m.items() if not k.startswith(("test_bpd_iw", "importance_samples", "sampling_seconds"))}
+    (cut_results / "main" / "metrics.json").write_text(json.dumps(m | {"complete": False}))
+    (cut_results / "main" / "samples.png").rename(cut_results / "main" / "samples_00000003.png")
+    protocol["runs"]["main"]["status"] = "cut"
+    (cut_results / "protocol.json").write_text(json.dumps(protocol))
+    papermill.execute_notebook(
+        str(EXPERIMENTS / "results.ipynb"), str(tmp_path / "results_cut.ipynb"), cwd=str(EXPERIMENTS), progress_bar=False,
+        kernel_name="python3", parameters=dict(results_dir=str(cut_results), figures_dir=str(figures), figure_prefix="c"))
+    main = (cut_results / "main.md").read_text()
+    assert "Cut by the time limit" in main and "Importance-weighted" not in main and "at **0**" in main, main
+    assert len(list(figures.glob("c_*_samples.png"))) == len(names), "the trainer's own grid stands in"
