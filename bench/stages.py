@@ -30,7 +30,6 @@ ABLATIONS = {"uniform_dequantization": "cifar10_uniform_dequant", "affine_coupli
 SMOKE_MODEL = {"filters": 8, "blocks": 1, "components": 4, "heads": 2, "stages": ["stripes:2", "squeeze", "channels:1"],
                "dequant_filters": 8, "dequant_blocks": 1, "context_channels": 4, "context_blocks": 1,
                "dequant_stages": ["stripes:1"]}
-CIFAR_FILES = ("train_00.npz", "train_01.npz", "train_02.npz", "test_first1000.npz")
 PROTOCOL = ROOT / "nbs" / "experiments" / "cifar10_budget.ipynb"
 STAGE_OWNED = {"data_path", "runs", "results_dir", "runs_dir"}  # where the stage reads and writes, and which runs
 
