@@ -60,6 +60,7 @@ PORT_H100 = {
 # options
 
 def parse_args(argv=None) -> argparse.Namespace:
+    from flowpp.fast import COMPILE_SCOPES
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     p.add_argument("--out", required=True, help="JSON file to write (rewritten after each phase)")
     p.add_argument("--smoke", action="store_true",
@@ -94,7 +95,7 @@ def parse_args(argv=None) -> argparse.Namespace:
                        ("tf32", "TF32 in the conditioners' convolutions and matmuls"),
                        ("kernels", "the fused Triton kernels of the mixture coupling (flowpp.kernels)")):
         fast.add_argument(f"--{name}", action=argparse.BooleanOptionalAction, default=None, help=text)
-    fast.add_argument("--compile-scope", default=None, choices=["step", "regional", "model"])
+    fast.add_argument("--compile-scope", default=None, choices=list(COMPILE_SCOPES))
     fast.add_argument("--compile-mode", default=None, choices=["default", "max-autotune-no-cudagraphs"])
     fast.add_argument("--compile-backend", default=None, help="inductor, or aot_eager / eager (trace only: CPU tests)")
     args = p.parse_args(argv)

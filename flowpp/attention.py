@@ -15,7 +15,7 @@ from .layers import DATA_INIT_EPS, DataInitModule
 
 # %% auto #0
 __all__ = ['CONV_INIT_STD', 'LAYERNORM_EPS', 'POS_EMB_INIT_STD', 'MIXERS', 'concat_elu', 'Conv2d', 'nin', 'ChannelLayerNorm',
-           'GatedConv', 'GatedAttention', 'GatedMaxout', 'Conditioner']
+           'GatedConv', 'GatedAttention', 'GatedMaxout', 'conditioner_block', 'Conditioner']
 
 # %% ../nbs/04_attention.ipynb #d90f6598
 def concat_elu(x: torch.Tensor) -> torch.Tensor:
@@ -173,6 +173,20 @@ class GatedMaxout(nn.Module):
 MIXERS = {"attention": GatedAttention, "maxout": GatedMaxout}
 
 
+def conditioner_block(conv: GatedConv, norm1: ChannelLayerNorm,
+                      mixer: nn.Module | None, norm2: ChannelLayerNorm | None,  # None, None: no mixing sublayer
+                      h: torch.Tensor,  # (B, n_f, H, W)
+                      context: torch.Tensor | None = None,  # (B, C_ctx, H, W), read by the gated conv
+                      pos_emb: torch.Tensor | None = None) -> torch.Tensor:  # E, (n_f, H, W), read by the mixer
+    "One block of the stack, (B, n_f, H, W) -> (B, n_f, H, W): LN(h + GatedConv(h, ctx)), then LN(h + mixer(h + E))."
+    # h <- LN(h + GatedConv(h, ctx))
+    h = norm1(conv(h, context))
+    if mixer is not None:
+        # h <- LN(h + GatedAttn(h + E))
+        h = norm2(mixer(h, pos_emb))
+    return h
+
+
 class Conditioner(nn.Module):
     "(B, C_in, H, W) [+ context (B, C_ctx, H, W)] -> (B, C_out, H, W): Flow++'s conv + self-attention stack."
 
@@ -202,15 +216,14 @@ class Conditioner(nn.Module):
             self.mixers = nn.ModuleList(MIXERS[mixer](filters, heads, dropout, **wn) for _ in range(blocks))
             self.norms2 = nn.ModuleList(ChannelLayerNorm(filters) for _ in range(blocks))
         self.head_concat_elu = head_concat_elu
+        self.block = conditioner_block  # runs one block; the fast path puts a compiled version here (notebook 09)
         self.proj_out = Conv2d(2 * filters if head_concat_elu else filters, out_channels, 3, init_scale=init_scale, **wn)
 
     def forward(self, x, context=None):
         h = self.proj_in(x)  # (B, n_f, H, W)
         for i in range(len(self.convs)):
-            # h <- LN(h + GatedConv(h, ctx));  h <- LN(h + GatedAttn(h + E))
-            h = self.norms1[i](self.convs[i](h, context))
-            if self.mixers is not None:
-                h = self.norms2[i](self.mixers[i](h, self.pos_emb))
+            mixer, norm2 = (self.mixers[i], self.norms2[i]) if self.mixers is not None else (None, None)
+            h = self.block(self.convs[i], self.norms1[i], mixer, norm2, h, context, self.pos_emb)  # (B, n_f, H, W)
         if self.head_concat_elu:
             h = concat_elu(h)
         return self.proj_out(h)  # (B, C_out, H, W)

@@ -14,7 +14,8 @@ from .attention import Conditioner
 from .logistic import mixture_logit_cdf_with_logdet, mixture_inv_logit_cdf
 
 # %% auto #0
-__all__ = ['MIN_LOGSCALE', 'Coupling', 'AffineCoupling', 'MixLogisticCoupling', 'CouplingStep', 'CouplingStage', 'coupling_stage']
+__all__ = ['MIN_LOGSCALE', 'Coupling', 'AffineCoupling', 'split_mixture_params', 'mixture_coupling_transform',
+           'MixLogisticCoupling', 'CouplingStep', 'CouplingStage', 'coupling_stage']
 
 # %% ../nbs/05_coupling.ipynb #3f29ad34
 MIN_LOGSCALE = -7.0  # log-scales are clamped here: a component narrower than e^-7 would make the CDF a step
@@ -63,6 +64,27 @@ class AffineCoupling(Coupling):
         return (y - b) * torch.exp(-a), -a.flatten(1).sum(1)
 
 
+def split_mixture_params(p: torch.Tensor,  # the conditioner output, (B, C, 2 + 3K, H, W)
+                         components: int) -> tuple[torch.Tensor, ...]:  # K
+    "(a, b, prior_logits, means, logscales): a = tanh(.) and b shaped (B, C, H, W), the rest (B, C, H, W, K)."
+    K = components
+    a, b = torch.tanh(p[:, :, 0]), p[:, :, 1]
+    mix = p[:, :, 2:].permute(0, 1, 3, 4, 2)  # (B, C, H, W, 3K)
+    prior_logits, means, logscales = mix[..., :K], mix[..., K:2 * K], mix[..., 2 * K:]
+    return a, b, prior_logits, means, logscales.clamp(min=MIN_LOGSCALE)
+
+
+def mixture_coupling_transform(x: torch.Tensor,  # the transformed half, (B, C, H, W)
+                               p: torch.Tensor,  # the conditioner output, (B, C, 2 + 3K, H, W)
+                               components: int) -> tuple[torch.Tensor, torch.Tensor]:
+    "y = logit(F(x)) e^a + b and the elementwise log dy/dx, both shaped like x."
+    a, b, *mixture = split_mixture_params(p, components)
+    # h = logit F(x);  log dh/dx = log F' - log F - log(1 - F)
+    h, log_dh = mixture_logit_cdf_with_logdet(x, *mixture)
+    # y = h e^a + b;  log dy/dx = log dh/dx + a
+    return h * a.exp() + b, log_dh + a
+
+
 class MixLogisticCoupling(Coupling):
     "y = logit(F(x)) * exp(a) + b, F the CDF of K logistics (weights pi_k, means mu_k, log-scales s_k) per element (Flow++)."
 
@@ -71,14 +93,11 @@ class MixLogisticCoupling(Coupling):
         self.components = components
         # off: the PyTorch composition below; on (set by flowpp.kernels.use_kernels): the fused GPU kernels of 09a
         self.use_kernels = False
+        self.elementwise = mixture_coupling_transform  # the fast path puts a compiled version here (notebook 09)
 
     def split_params(self, p):
         "(a, b, prior_logits, means, logscales) from the conditioner output p (B, C, 2 + 3K, H, W)."
-        K = self.components
-        a, b = torch.tanh(p[:, :, 0]), p[:, :, 1]
-        mix = p[:, :, 2:].permute(0, 1, 3, 4, 2)  # (B, C, H, W, 3K)
-        prior_logits, means, logscales = mix[..., :K], mix[..., K:2 * K], mix[..., 2 * K:]
-        return a, b, prior_logits, means, logscales.clamp(min=MIN_LOGSCALE)
+        return split_mixture_params(p, self.components)
 
     def mixture(self, cond):
         "(a, b, prior_logits, means, logscales): a, b shaped (B, C, H, W), the rest (B, C, H, W, K)."
@@ -89,11 +108,7 @@ class MixLogisticCoupling(Coupling):
         if self.use_kernels:
             from flowpp.kernels import coupling_forward
             return coupling_forward(x, p, self.components)
-        a, b, *mixture = self.split_params(p)
-        # h = logit F(x);  log dh/dx = log F' - log F - log(1 - F)
-        h, log_dh = mixture_logit_cdf_with_logdet(x, *mixture)
-        # y = h e^a + b;  log dy/dx = log dh/dx + a
-        return h * a.exp() + b, log_dh + a
+        return self.elementwise(x, p, self.components)
 
     def inverse_transform(self, y, p):
         "x with transform(x, p)[0] = y, and the elementwise log dy/dx of the forward map at x."

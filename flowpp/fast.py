@@ -18,10 +18,11 @@ import torch.distributed as dist
 from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
-from .attention import Conditioner
+from .attention import Conditioner, conditioner_block
 from .core import nats_to_bpd, tf32_allowed
-from .coupling import CouplingStep
+from .coupling import CouplingStep, MixLogisticCoupling, mixture_coupling_transform
 from .dequantizer import ContextNet
+from .layers import ActNorm, InvertibleConv1x1
 from .model import FlowPlusPlus
 
 # %% auto #0
@@ -30,7 +31,7 @@ __all__ = ['COMPILE_SCOPES', 'COMPILE_MODES', 'RECOMPILE_LIMIT', 'NO_KERNEL_OPS'
            'TrainStep', 'FastFlow', 'dequantization_noise', 'equivalence', 'reconstruction']
 
 # %% ../nbs/09_fast.ipynb #b7a7a4ae
-COMPILE_SCOPES = ("step", "regional", "model")
+COMPILE_SCOPES = ("block", "step", "regional", "model")
 COMPILE_MODES = (None, "default", "max-autotune-no-cudagraphs", "reduce-overhead", "max-autotune")
 RECOMPILE_LIMIT = 64  # compiled graphs kept per function (dynamo's default of 8 is too few for train + eval + sample)
 
@@ -42,7 +43,7 @@ class FastPath:
     amp_inverse: bool = False  # ... and in encode/decode/sample too: faster sampling, but decode(encode(x)) == x is lost
     channels_last: bool = False  # NHWC memory layout for the convolution weights and the activations
     compile: bool = False  # torch.compile
-    compile_scope: str = "step"  # "step" (each coupling step), "regional" (each conditioner) or "model" (log_prob)
+    compile_scope: str = "block"  # "block" (the repeated units), "step" (each coupling step), "regional", "model"
     compile_mode: str | None = None  # torch.compile mode: None, "max-autotune-no-cudagraphs", ...
     compile_backend: str = "inductor"  # "inductor" (generated kernels) or "aot_eager" (trace only: CPU tests)
     cuda_graph: bool = False  # capture the whole training step as one CUDA graph and replay it (CUDA only)
@@ -113,10 +114,19 @@ def apply_fast_path(model: FlowPlusPlus, fast: FastPath) -> FlowPlusPlus:
     if fast.compile:
         # one compiled graph per distinct shape and mode (train/eval, grad/no grad) of each compiled region
         torch._dynamo.config.cache_size_limit = max(torch._dynamo.config.cache_size_limit, RECOMPILE_LIMIT)
-        regions = {"step": (CouplingStep, ContextNet), "regional": (Conditioner, ContextNet), "model": ()}
+        options = fast.compile_options()
+        regions = {"block": (ActNorm, InvertibleConv1x1, ContextNet), "step": (CouplingStep, ContextNet),
+                   "regional": (Conditioner, ContextNet), "model": ()}
         for m in model.modules():
             if isinstance(m, regions[fast.compile_scope]):
-                m.compile(**fast.compile_options())
+                m.compile(**options)
+        if fast.compile_scope == "block":  # the functions every block and every mixture coupling of a shape share
+            block, elementwise = torch.compile(conditioner_block, **options), torch.compile(mixture_coupling_transform, **options)
+            for m in model.modules():
+                if isinstance(m, Conditioner):
+                    m.block = block
+                elif isinstance(m, MixLogisticCoupling):
+                    m.elementwise = elementwise
     if fast.kernels:
         from flowpp.kernels import use_kernels  # needs Triton; refuses a device it cannot run on
         use_kernels(model)

@@ -72,8 +72,8 @@ class TrainConfig:
     reference: bool = False  # the float32 eager reference path: every switch below off
     amp: bool | None = None  # bfloat16 autocast of the conditioner networks (None: on with CUDA)
     channels_last: bool | None = None  # NHWC layout of the convolutions (None: on with CUDA)
-    compile: bool | None = None  # torch.compile the coupling steps (None: on with CUDA)
-    compile_scope: str = "step"  # what is compiled: "step" (each coupling step), "regional" (conditioners), "model"
+    compile: bool | None = None  # torch.compile the regions of compile_scope (None: on with CUDA)
+    compile_scope: str = "block"  # what is compiled: "block" (the repeated units), "step", "regional", "model"
     compile_mode: str | None = None  # torch.compile mode: None or "max-autotune-no-cudagraphs"
     compile_backend: str = "inductor"  # "inductor", or "aot_eager" (traces only; for tests on a CPU)
     cuda_graph: bool | None = None  # replay the whole step as one CUDA graph (None: on with CUDA in one process)

@@ -88,7 +88,7 @@ def test_bench_stage_times_the_trainers_step(smoke):
         assert r["vs_port_reference_md"]["comparable"] is False and "NOT COMPARABLE" in r["vs_port_reference_md"]["note"]
     ref, fast = runs["cpu-tiny-b8-reference"], runs["cpu-tiny-b8-amp-channels-last"]
     assert ref["options"] == {"amp": False, "amp_inverse": False, "channels_last": False, "compile": False,
-                              "compile_scope": "step", "compile_mode": None, "compile_backend": "inductor",
+                              "compile_scope": "block", "compile_mode": None, "compile_backend": "inductor",
                               "cuda_graph": False, "tf32": False, "kernels": False}
     assert fast["options"]["amp"] and fast["options"]["channels_last"] and not fast["options"]["cuda_graph"]
     assert ref["figures"]["decode_encode_exact"] and ref["figures"]["max_reconstruction_error_logit"] < 1e-3
