@@ -12,7 +12,7 @@ What is counted, and how (bench/README.md has the table):
 - `loop`: the same over the iterations of `Trainer.train()`'s loop that are not logging steps (the batch drawn, the
   step, the budget check), run by the real Trainer on a small npz copy of the data; the syncs of its last
   iterations and of the end of the run (statistics, checkpoint, evaluation) are left out.
-- `compiled`: the step with `compile=True` (inductor, the per-coupling-step scope the trainer uses): the first call's
+- `compiled`: the step with `compile=True` (inductor, the trainer's compile scope unless `--compiled-scope`): the first call's
   seconds (compilation), inductor's generated kernels (`torch._inductor.metrics.generated_kernel_count`), dynamo's
   graphs and graph breaks (`torch._dynamo.utils.counters`), and one steady step under torch.profiler with inductor's
   C++ kernels marked (TORCHINDUCTOR_CPP_ENABLE_KERNEL_PROFILE=1, set by this script before torch is imported): per
@@ -267,6 +267,7 @@ def parse_args(argv=None):
                    help="count the compiled step on this config instead of --config (inductor's compile of the "
                         "cifar10 model takes very long on a small CPU)")
     p.add_argument("--compiled-backend", default="inductor", help="inductor; aot_eager or eager only trace")
+    p.add_argument("--compiled-scope", default=None, help="FastPath compile_scope of the compiled step (default: FastPath's)")
     p.add_argument("--loop-steps", type=int, default=4, help="Trainer steps run for the loop count (the first is not counted)")
     p.add_argument("--no-loop", action="store_true", help="skip the Trainer-loop count")
     p.add_argument("--table", nargs="+", metavar="JSON", default=None,
@@ -319,7 +320,8 @@ def main(argv=None) -> dict:
             m = model if cfg == args.config else FlowPlusPlus.from_config(cfg)
             if m is not model:
                 m.initialize(images_for(m.config, max(args.batch_size, 16)))
-            fast = FastPath(amp=True, channels_last=True, compile=True, compile_backend=args.compiled_backend)
+            scope = {"compile_scope": args.compiled_scope} if args.compiled_scope else {}
+            fast = FastPath(amp=True, channels_last=True, compile=True, compile_backend=args.compiled_backend, **scope)
             out[name] = {"config": cfg, "fast_path": dataclasses.asdict(fast), **compiled_step(m, fast, images_for(m.config, args.batch_size))}
         elif name == "sample":
             out[name] = {"reference": sample_dispatch(model, FastPath(), args.sample_images),
@@ -354,7 +356,8 @@ def table(result: dict, cold: dict | None = None) -> str:
         " (inductor's caches warm)" if cold_comp else "") + (
         f", {_get(cold_comp, 'first_step_seconds', fmt='{:.0f} s')} with the caches disabled" if cold_comp else "")
     head = (f"| {result['config']}, batch {result['batch_size']}, CPU | 2019 port (quoted) | flowpp eager fp32 | "
-            f"flowpp amp + channels_last | flowpp amp + channels_last + compile ({comp.get('backend', '-')}"
+            f"flowpp amp + channels_last | flowpp amp + channels_last + compile ({comp.get('backend', '-')}, "
+            f"{comp.get('scope', '-')} scope"
             f"{'' if comp_cfg == result['config'] else f', `{comp_cfg}` config'}) |")
     rows = [head, "|---|---:|---:|---:|---:|",
             f"| ATen ops per training step | {port['ops_per_step']:,} | {_get(ref, 'step', 'ops')} | {_get(fast, 'step', 'ops')} | - |",
