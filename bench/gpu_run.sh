@@ -3,7 +3,7 @@
 #
 #   bash bench/gpu_run.sh STAGE... [--smoke] [--out DIR] [--limit STAGE=SECONDS]... [--until S] [--param K=V]...
 #
-# STAGE: env | bench | port | main | ablations[:NAME,NAME] | kernels   (run in the order given)
+# STAGE: env | bench | port | main | ablations[:NAME,NAME] | kernels | scopes   (run in the order given)
 #   env        nvidia-smi, versions, device properties, measured bf16 matmul peak and copy bandwidth
 #   bench      bench/run.py on the cifar10 config at batch 64: the float32 eager reference, FastPath.fastest() (the
 #              trainer's default GPU step) and fastest without the CUDA graph; each with its profiler table
@@ -13,6 +13,8 @@
 #              decode(encode(x)) over the test images
 #   ablations  the three official ablations (named configs) at 120 s each, one papermill call per run; NAME picks some
 #   kernels    bench/kernels.py, then the whole step and sampling with and without the fused kernels (compiled path)
+#   scopes     the compile scopes side by side: bench/compile_cost.py (each scope's cold compilation, in a fresh
+#              process), then the fastest step with the default block scope and with the per-step scope
 # --smoke      every stage but port on the CPU with tiny sizes, in seconds (what `make test` runs)
 # --out DIR    results (default: $OUT when set, else bench/results/gpu-run); per stage DIR/STAGE.json (status and
 #              figures) and DIR/STAGE.tar.gz (every file, logs included), written as soon as the stage ends; at the
@@ -33,8 +35,8 @@ out=""
 until=0
 stages=()
 params=()
-declare -A LIMIT=([env]=40 [bench]=400 [port]=75 [main]=540 [ablations]=690 [kernels]=420)
-declare -A SMOKE_LIMIT=([env]=60 [bench]=150 [port]=120 [main]=150 [ablations]=240 [kernels]=200)
+declare -A LIMIT=([env]=40 [bench]=400 [port]=75 [main]=540 [ablations]=690 [kernels]=420 [scopes]=540)
+declare -A SMOKE_LIMIT=([env]=60 [bench]=150 [port]=120 [main]=150 [ablations]=240 [kernels]=200 [scopes]=150)
 while [ $# -gt 0 ]; do
   case "$1" in
     --smoke) smoke=1 ;;
@@ -44,9 +46,9 @@ while [ $# -gt 0 ]; do
     --until) until=$2; shift ;;
     --param) params+=(--param "$2"); shift ;;
     --param=*) params+=(--param "${1#--param=}") ;;
-    env|bench|port|main|kernels|ablations|ablations:*) stages+=("$1") ;;
-    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
-    *) echo "gpu_run.sh: unknown argument '$1' (stages: env bench port main ablations[:NAMES] kernels; --smoke, --out DIR, --limit STAGE=S, --until S, --param K=V)" >&2; exit 2 ;;
+    env|bench|port|main|kernels|scopes|ablations|ablations:*) stages+=("$1") ;;
+    -h|--help) sed -n '2,27p' "$0"; exit 0 ;;
+    *) echo "gpu_run.sh: unknown argument '$1' (stages: env bench port main ablations[:NAMES] kernels scopes; --smoke, --out DIR, --limit STAGE=S, --until S, --param K=V)" >&2; exit 2 ;;
   esac
   shift
 done
@@ -211,6 +213,26 @@ stage_kernels() {
       --phases train,profile,sample,equivalence --out "$W/$c-cifar10-b64-fastest-kernels.json" || rc=1
     bounded step-compiled-reference "$W/log.txt" 0 "$PY" bench/run.py --path fastest \
       --phases train,profile,sample --out "$W/$c-cifar10-b64-fastest-no-kernels.json" || rc=1
+  fi
+  return $rc
+}
+
+stage_scopes() {
+  local c rc=0; c=$(card)
+  if [ $smoke = 1 ]; then
+    bounded compile-cost "$W/log.txt" 0 "$PY" bench/compile_cost.py --smoke --scopes block,step --out "$W/$c-compile-cost-tiny.json" || rc=1
+    for scope in block step; do
+      bounded "step-$scope" "$W/log.txt" 0 "$PY" bench/run.py --smoke "${DEV[@]}" --path fastest --no-cuda-graph --compile-backend aot_eager \
+        --compile-scope $scope --phases train --train-iters 1 --out "$W/$c-tiny-b8-fastest-$scope.json" || rc=1
+    done
+  else
+    # each scope's cold compilation first (the default scope first: a cut keeps it), then both steps as the trainer runs them
+    bounded compile-cost "$W/log.txt" $(( $(left) / 2 )) "$PY" bench/compile_cost.py --device cuda --batch-size 64 \
+      --scopes block,step --out "$W/$c-compile-cost-cifar10-b64.json" || rc=1
+    bounded step-block "$W/log.txt" $(( $(left) / 2 )) "$PY" bench/run.py --path fastest --phases train,profile \
+      --out "$W/$c-cifar10-b64-fastest-block.json" || rc=1
+    bounded step-step "$W/log.txt" 0 "$PY" bench/run.py --path fastest --compile-scope step --phases train,profile \
+      --out "$W/$c-cifar10-b64-fastest-step.json" || rc=1
   fi
   return $rc
 }

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ("env", "bench", "port", "main", "ablations", "kernels")
+STAGES = ("env", "bench", "port", "main", "ablations", "kernels", "scopes")
 ABLATIONS = {"uniform_dequantization": "cifar10_uniform_dequant", "affine_coupling": "cifar10_affine",
              "no_attention": "cifar10_no_attention"}
 # the smoke run's models: every named config shrunk alike (the switch that names an ablation is kept)
@@ -134,9 +134,8 @@ def stage_figures(stage: str, work: Path) -> dict:
         return _load(work / "env.json") or {}
     if stage in ("bench", "port"):
         return {p.stem: _load(p) for p in sorted(work.glob("*.json")) if not p.name.startswith("params")}
-    if stage == "kernels":
-        out = {p.stem: _load(p) for p in sorted(work.glob("*.json"))}
-        return out
+    if stage in ("kernels", "scopes"):
+        return {p.stem: _load(p) for p in sorted(work.glob("*.json"))}
     # main, ablations: the protocol's collected results
     results = work / "cifar10_budget"
     recovered = recover_runs(work)  # first: it marks the cut runs in protocol.json
@@ -185,7 +184,7 @@ def headline(stage: str, figures: dict) -> str:
         m, c = figures.get("matmul", {}), figures.get("copy", {})
         return (f"{figures.get('device', {}).get('name', '?')}, torch {figures.get('device', {}).get('torch')}: "
                 f"matmul {_fmt(m.get('tflops'))} TFLOP/s {m.get('dtype', '')}, copy {_fmt(c.get('gb_per_s'))} GB/s")
-    if stage in ("bench", "port", "kernels"):
+    if stage in ("bench", "port", "kernels", "scopes"):
         parts = []
         for name, r in figures.items():
             if not isinstance(r, dict) or "figures" not in r:
@@ -195,6 +194,13 @@ def headline(stage: str, figures: dict) -> str:
                          + ("" if r.get("complete") else " (partial)"))
         if stage == "kernels" and "kernels" in figures and isinstance(figures["kernels"], dict):
             parts.append("coupling kernels timed" if figures["kernels"].get("results") else "")
+        for r in figures.values():  # compile_cost.py: each scope's first step (its compilation)
+            if isinstance(r, dict) and r.get("schema") == "flowpp-compile-cost-v1":
+                for scope, s in r.get("scopes", {}).items():
+                    first = s.get("compile", {}).get("first_step_seconds")
+                    parts.append(f"{scope} scope: {s['error']}" if "error" in s else
+                                 f"{scope} scope: first step {_fmt(first, '{:.0f}')} s, "
+                                 f"{s.get('trace', {}).get('fx_nodes_forward', '-')} forward nodes")
         return "; ".join(p for p in parts if p)
     runs = figures.get("runs", {})
     parts = []

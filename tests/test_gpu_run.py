@@ -13,7 +13,7 @@ import pytest
 import torch
 
 ROOT = Path(__file__).resolve().parent.parent
-STAGES = ["env", "bench", "main", "ablations", "kernels"]
+STAGES = ["env", "bench", "main", "ablations", "kernels", "scopes"]
 # bench/run.py figures that are rates, times, sizes or counts: finite and strictly positive
 POSITIVE = ["train_images_per_second", "train_step_ms", "train_first_step_seconds", "peak_memory_bytes",
             "peak_memory_gib", "eval_images_per_second", "eval_batch_size", "eval_warmup_seconds", "sample_seconds",
@@ -127,6 +127,16 @@ def test_kernels_stage(smoke):
     assert step["options"]["kernels"] and step["complete"] and step["figures"]["equivalence"]["passed"]
 
 
+def test_scopes_stage(smoke):
+    s = json.loads((smoke[0] / "scopes.json").read_text())["figures"]
+    cost = s["cpu-compile-cost-tiny"]["scopes"]
+    assert cost["block"]["trace"]["fx_nodes_forward"] < cost["step"]["trace"]["fx_nodes_forward"], cost
+    for scope in ("block", "step"):
+        run = s[f"cpu-tiny-b8-fastest-{scope}"]
+        assert run["complete"] and run["options"]["compile"] and run["options"]["compile_scope"] == scope, run["options"]
+        assert run["figures"]["train_images_per_second"] > 0
+
+
 def test_bad_arguments_are_refused():
     for args, message in ((["nonsense"], "unknown argument"), ([], "name at least one stage"),
                           (["main", "--param", "torchcompile=false"], "one of the protocol's parameters"),
@@ -220,17 +230,18 @@ def test_gpu_call_rehearsal_every_command_parses(tmp_path):
     env = {**os.environ, "PYTHON": str(python), "PYTHONPATH": str(ROOT), "FLOWPP_CIFAR10": str(data),
            "REHEARSAL_ROOT": str(ROOT), "REHEARSAL_LOG": str(log), "OMP_NUM_THREADS": "1"}
     env.pop("OUT", None)
-    proc = subprocess.run(["bash", "bench/gpu_run.sh", "env", "port", "bench", "main", "ablations", "kernels",
+    proc = subprocess.run(["bash", "bench/gpu_run.sh", "env", "port", "bench", "main", "ablations", "kernels", "scopes",
                            "--out", str(out), "--until", "3000", "--param", "torch_compile=false"],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     has_port = (ROOT / ".device" / "port" / "models" / "flowplusplus" / "flowplusplus.py").is_file()
-    for stage in ("env", "port", "bench", "main", "ablations", "kernels"):
+    for stage in ("env", "port", "bench", "main", "ablations", "kernels", "scopes"):
         status = json.loads((out / f"{stage}.json").read_text())["status"]
         assert status == ("failed" if stage == "port" and not has_port else "ok"), (stage, status, proc.stdout[-3000:])
     commands = [json.loads(line) for line in log.read_text().splitlines()]
     kinds = [c["kind"] for c in commands]
-    assert kinds.count("run") == 5 and kinds.count("kernels") == 1 and kinds.count("env_probe") == 1, kinds
+    assert kinds.count("run") == 7 and kinds.count("kernels") == 1 and kinds.count("env_probe") == 1, kinds
+    assert kinds.count("compile_cost") == 1, kinds
     assert kinds.count("port_bench") == int(has_port), kinds
     protocol = [c["detail"] for c in commands if c["kind"] == "papermill"]
     assert [p["runs"] for p in protocol] == [["main"], ["uniform_dequantization"], ["affine_coupling"], ["no_attention"]]
@@ -240,4 +251,4 @@ def test_gpu_call_rehearsal_every_command_parses(tmp_path):
     assert not any("--smoke" in r or "--device" in r for r in runs), runs  # the GPU call's commands, not the smoke run's
     # the rehearsed env stage measured no card, so the files are named after the device torch sees (here the CPU)
     outs = [Path(r[r.index("--out") + 1]).name for r in runs if "--out" in r]
-    assert len(outs) == 5 and all(name.startswith("cpu-cifar10-b64-") for name in outs), outs
+    assert len(outs) == 7 and all(name.startswith("cpu-cifar10-b64-") for name in outs), outs
