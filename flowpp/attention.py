@@ -219,6 +219,10 @@ class Conditioner(nn.Module):
         self.block = conditioner_block  # runs one block; the fast path puts a compiled version here (notebook 09)
         self.proj_out = Conv2d(2 * filters if head_concat_elu else filters, out_channels, 3, init_scale=init_scale, **wn)
 
+    def __getstate__(self):
+        "A copy or a pickle holds the plain block function: a compiled one belongs to the fast path that put it here."
+        return {**super().__getstate__(), "block": conditioner_block}
+
     def forward(self, x, context=None):
         h = self.proj_in(x)  # (B, n_f, H, W)
         for i in range(len(self.convs)):

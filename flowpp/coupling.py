@@ -95,6 +95,10 @@ class MixLogisticCoupling(Coupling):
         self.use_kernels = False
         self.elementwise = mixture_coupling_transform  # the fast path puts a compiled version here (notebook 09)
 
+    def __getstate__(self):
+        "A copy or a pickle holds the plain elementwise map: a compiled one belongs to the fast path that put it here."
+        return {**super().__getstate__(), "elementwise": mixture_coupling_transform}
+
     def split_params(self, p):
         "(a, b, prior_logits, means, logscales) from the conditioner output p (B, C, 2 + 3K, H, W)."
         return split_mixture_params(p, self.components)

@@ -70,7 +70,7 @@ class FastPath:
 
     @classmethod
     def fastest(cls) -> "FastPath":
-        "Every switch that keeps the model the same: bfloat16 conditioners, NHWC, compiled steps, one CUDA graph."
+        "Every switch that keeps the model the same: bfloat16 conditioners, NHWC, compiled regions, one CUDA graph."
         return cls(amp=True, channels_last=True, compile=True, cuda_graph=True)
 
     @classmethod

@@ -223,6 +223,12 @@ class FlowPlusPlus(nn.Module):
         self.initialized = not any(isinstance(m, DataInitModule) for m in self.modules())
         self.register_load_state_dict_post_hook(_sync_initialized)
 
+    def __getstate__(self):
+        "A copy or a pickle is a plain model: the fast path's compiled regions are not copied, nor is its record of them."
+        state = super().__getstate__()
+        state.pop("_fast_path", None)  # set by flowpp.fast.apply_fast_path (notebook 09)
+        return state
+
     @classmethod
     def from_config(cls, name_or_config: str | FlowPlusPlusConfig = "cifar10", **overrides) -> "FlowPlusPlus":
         "Build a model from a config name ('cifar10', 'imagenet32', 'imagenet64', 'tiny', ...) or a config."
