@@ -275,6 +275,14 @@ def tile(x: torch.Tensor, n: int) -> torch.Tensor:
     return x.repeat(math.ceil(n / len(x)), *([1] * (x.dim() - 1)))[:n].contiguous()
 
 
+def images_for(config, n: int, seed: int = 0) -> torch.Tensor:
+    "n uint8 images a model config accepts: the real CIFAR-10 fixture for 32x32x3, else random pixels."
+    if tuple(config.image_shape) == (3, 32, 32) and config.num_levels == 256:
+        return tile(cifar10_fixture(), n)
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, config.num_levels, (n, *config.image_shape), generator=g, dtype=torch.uint8)
+
+
 def write_json(path: str | Path, obj) -> Path:
     "Write obj as JSON atomically (a temporary file renamed), so a killed run never leaves half a file."
     path = Path(path)

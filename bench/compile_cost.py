@@ -6,12 +6,13 @@ step's seconds (the compilation), the kernels inductor generated and the steady 
     python3 bench/compile_cost.py --scopes block,step --backend none --out /tmp/c.json       # graph sizes only, seconds
     python3 bench/compile_cost.py --smoke --out /tmp/c.json                                  # tiny, graph sizes, seconds
 
-Each scope runs in a fresh Python process (`--child`), so no compiled graph, cache or counter carries over from one
-scope to the next; inductor's on-disk caches are off (TORCHINDUCTOR_FORCE_DISABLE_CACHES=1, a new
-TORCHINDUCTOR_CACHE_DIR) unless `--warm-caches`, so the first step pays the whole compilation, as on a fresh
-machine. Two passes per scope, each on a fresh copy of one initialised model:
+Each scope runs in a fresh Python process (`--child`) with empty inductor and Triton cache folders of its own
+(TORCHINDUCTOR_CACHE_DIR, TRITON_CACHE_DIR), so nothing compiled for one scope or by an earlier run is found: the
+first step pays the whole compilation, as on a fresh machine. `--cache-dir DIR` keeps those folders (DIR/SCOPE/inductor,
+DIR/SCOPE/triton, emptied first) for later runs of the same step to start warm; `--warm-caches` uses the caches the
+environment names instead. Two passes per scope, each on a fresh copy of one initialised model:
 - `trace`: the first `TrainStep` call with a counting backend (dynamo + AOT autograd, as inductor receives the
-  graphs, but nothing lowered): dynamo's graphs, recompilations and graph breaks, and the `call_function` nodes of
+  graphs, but nothing lowered): dynamo's graphs and graph breaks, and the `call_function` nodes of
   every forward and backward graph (`fx_nodes_forward`, `fx_nodes_backward`). Inductor lowers, schedules and
   generates code for each of those nodes, so their sum is a device-independent measure of its work.
 - `compile` (unless `--backend none`): the same call with the real backend (the trainer's fast path minus the CUDA
@@ -26,6 +27,7 @@ import argparse
 import copy
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -45,14 +47,6 @@ import torch  # noqa: E402
 SCHEMA = "flowpp-compile-cost-v1"
 COUNTING_BACKEND = "flowpp_counting"
 TOP_PHASES = 12  # rows of compile_times() kept per scope
-
-
-def images_for(config, n: int) -> torch.Tensor:
-    "n uint8 images the config accepts: the real CIFAR-10 fixture for 32x32x3, else random pixels (seed 0)."
-    if tuple(config.image_shape) == (3, 32, 32) and config.num_levels == 256:
-        return benchlib.tile(benchlib.cifar10_fixture(), n)
-    g = torch.Generator().manual_seed(0)
-    return torch.randint(0, config.num_levels, (n, *config.image_shape), generator=g, dtype=torch.uint8)
 
 
 def register_counting_backend(nodes: dict) -> None:
@@ -93,8 +87,8 @@ def child(args) -> dict:
     device = benchlib.pick_device(args.device)
     torch.manual_seed(0)
     model = FlowPlusPlus.from_config(args.config).to(device)
-    x = images_for(model.config, args.batch_size).to(device)
-    model.initialize(images_for(model.config, max(args.batch_size, 16)).to(device))
+    x = benchlib.images_for(model.config, args.batch_size).to(device)
+    model.initialize(benchlib.images_for(model.config, max(args.batch_size, 16)).to(device))
     switches = dict(amp=True, channels_last=True, compile=True, compile_scope=args.child)
     out = {"scope": args.child, "fast_path": switches}
 
@@ -124,13 +118,15 @@ def child(args) -> dict:
 
 
 def run_scope(args, scope: str) -> dict:
-    "One scope in a fresh process with cold inductor caches; its result, or why there is none."
+    "One scope in a fresh process with empty compile caches of its own; its result, or why there is none."
     cmd = [sys.executable, __file__, "--child", scope, "--config", args.config, "--batch-size", str(args.batch_size),
            "--backend", args.backend, "--device", args.device, "--steady-steps", str(args.steady_steps)]
     with tempfile.TemporaryDirectory() as tmp:
         env = dict(os.environ)
         if not args.warm_caches:
-            env.update(TORCHINDUCTOR_FORCE_DISABLE_CACHES="1", TORCHINDUCTOR_CACHE_DIR=str(Path(tmp) / "inductor"))
+            caches = Path(args.cache_dir or tmp) / scope
+            shutil.rmtree(caches, ignore_errors=True)  # cold: nothing an earlier run compiled is found
+            env.update(TORCHINDUCTOR_CACHE_DIR=str(caches / "inductor"), TRITON_CACHE_DIR=str(caches / "triton"))
         result_file = Path(tmp) / "scope.json"
         t0 = time.perf_counter()
         try:
@@ -169,7 +165,8 @@ def parse_args(argv=None):
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto")
     p.add_argument("--steady-steps", type=int, default=3)
     p.add_argument("--scope-timeout", type=float, default=7200, help="seconds one scope may take")
-    p.add_argument("--warm-caches", action="store_true", help="leave inductor's on-disk caches on")
+    p.add_argument("--cache-dir", default=None, help="keep each scope's fresh compile caches in DIR/SCOPE for later runs")
+    p.add_argument("--warm-caches", action="store_true", help="use the caches the environment names (not cold)")
     p.add_argument("--smoke", action="store_true", help="the tiny config: checks the script in seconds")
     p.add_argument("--table", metavar="JSON", default=None, help="print the table of a saved run")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
@@ -200,7 +197,7 @@ def main(argv=None) -> dict:
     result = {"schema": SCHEMA, "device": benchlib.device_info(device), "config": args.config,
               "batch_size": args.batch_size, "backend": args.backend, "caches": "warm" if args.warm_caches else "cold",
               "scopes": {}, "command": benchlib.command_line()}
-    result["device"]["inductor_caches_disabled"] = not args.warm_caches  # what each scope's process ran with
+    result["cache_dir"] = args.cache_dir
     for scope in args.scopes:
         result["scopes"][scope] = run_scope(args, scope)
         benchlib.write_json(args.out, result)

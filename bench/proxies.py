@@ -69,14 +69,6 @@ PORT_CPU = {
 # ----------------------------------------------------------------------------------------------------------
 # counting helpers
 
-def images_for(config, n: int, seed: int = 0) -> torch.Tensor:
-    "n uint8 images the config accepts: the real CIFAR-10 fixture for 32x32x3, else random pixels."
-    if tuple(config.image_shape) == (3, 32, 32) and config.num_levels == 256:
-        return benchlib.tile(benchlib.cifar10_fixture(), n)
-    g = torch.Generator().manual_seed(seed)
-    return torch.randint(0, config.num_levels, (n, *config.image_shape), generator=g, dtype=torch.uint8)
-
-
 def step_dispatch(model, fast, x: torch.Tensor, lr: float = 1e-4) -> dict:
     "count_dispatch over one TrainStep call (after a warm-up call), on copies of model; plus the profiler rule as a check."
     from flowpp.fast import TrainStep, count_dispatch
@@ -121,7 +113,7 @@ def loop_dispatch(config_name: str, overrides: dict, switches: dict, batch: int,
     config = get_config(config_name, **overrides)
     with tempfile.TemporaryDirectory() as tmp:
         for split, n in (("train", max(4 * batch, 16)), ("test", 8)):
-            x = images_for(config, n, seed=1 if split == "test" else 0).permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
+            x = benchlib.images_for(config, n, seed=1 if split == "test" else 0).permute(0, 2, 3, 1).numpy()  # (N, H, W, C)
             np.savez(Path(tmp) / f"{split}_00.npz", x=x)
         tc = TrainConfig(dataset="npz", data_path=tmp, dataset_options={"num_levels": config.num_levels},
                          model=config_name, model_overrides=overrides, batch_size=batch, init_batch_size=batch,
@@ -257,6 +249,7 @@ def dynamo_graphs(fn, *args, **kwargs) -> dict:
 # ----------------------------------------------------------------------------------------------------------
 
 def parse_args(argv=None):
+    from flowpp.fast import COMPILE_SCOPES
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", default=None, help="JSON file to write (required unless --table)")
     p.add_argument("--config", default="cifar10")
@@ -267,7 +260,8 @@ def parse_args(argv=None):
                    help="count the compiled step on this config instead of --config (inductor's compile of the "
                         "cifar10 model takes very long on a small CPU)")
     p.add_argument("--compiled-backend", default="inductor", help="inductor; aot_eager or eager only trace")
-    p.add_argument("--compiled-scope", default=None, help="FastPath compile_scope of the compiled step (default: FastPath's)")
+    p.add_argument("--compiled-scope", default=None, choices=COMPILE_SCOPES,
+                   help="FastPath compile_scope of the compiled step (default: FastPath's)")
     p.add_argument("--loop-steps", type=int, default=4, help="Trainer steps run for the loop count (the first is not counted)")
     p.add_argument("--no-loop", action="store_true", help="skip the Trainer-loop count")
     p.add_argument("--table", nargs="+", metavar="JSON", default=None,
@@ -293,8 +287,8 @@ def main(argv=None) -> dict:
     torch.manual_seed(0)
     device = torch.device("cpu")
     model = FlowPlusPlus.from_config(args.config)
-    x = images_for(model.config, args.batch_size)
-    model.initialize(images_for(model.config, max(args.batch_size, 16)))
+    x = benchlib.images_for(model.config, args.batch_size)
+    model.initialize(benchlib.images_for(model.config, max(args.batch_size, 16)))
     fast_eager = FastPath(amp=True, channels_last=True)
     result = {"schema": SCHEMA, "device": benchlib.device_info(device), "config": args.config,
               "parameters": sum(p.numel() for p in model.parameters()), "batch_size": args.batch_size,
@@ -319,10 +313,10 @@ def main(argv=None) -> dict:
             cfg = args.compiled_config or args.config
             m = model if cfg == args.config else FlowPlusPlus.from_config(cfg)
             if m is not model:
-                m.initialize(images_for(m.config, max(args.batch_size, 16)))
+                m.initialize(benchlib.images_for(m.config, max(args.batch_size, 16)))
             scope = {"compile_scope": args.compiled_scope} if args.compiled_scope else {}
             fast = FastPath(amp=True, channels_last=True, compile=True, compile_backend=args.compiled_backend, **scope)
-            out[name] = {"config": cfg, "fast_path": dataclasses.asdict(fast), **compiled_step(m, fast, images_for(m.config, args.batch_size))}
+            out[name] = {"config": cfg, "fast_path": dataclasses.asdict(fast), **compiled_step(m, fast, benchlib.images_for(m.config, args.batch_size))}
         elif name == "sample":
             out[name] = {"reference": sample_dispatch(model, FastPath(), args.sample_images),
                          "fast": sample_dispatch(model, fast_eager, args.sample_images)}

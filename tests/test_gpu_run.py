@@ -43,7 +43,7 @@ def smoke(tmp_path_factory):
     env.pop("OUT", None)
     # a protocol parameter given on the command line reaches the protocol's runs (and is recorded)
     proc = subprocess.run(["bash", "bench/gpu_run.sh", *STAGES, "--smoke", "--out", str(out), "--param", "ema_decay=0.99"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1200)
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     return out, proc.stdout
 

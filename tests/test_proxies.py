@@ -27,8 +27,8 @@ FAST = FastPath(amp=True, channels_last=True)
 def tiny():
     torch.manual_seed(0)
     model = FlowPlusPlus.from_config("tiny")
-    x = proxies.images_for(model.config, 4)
-    return model.initialize(proxies.images_for(model.config, 16)), x
+    x = proxies.benchlib.images_for(model.config, 4)
+    return model.initialize(proxies.benchlib.images_for(model.config, 16)), x
 
 
 def test_the_counters_see_what_they_guard_against(tiny):
